@@ -1,0 +1,115 @@
+"""What the proxy reports about its work, and the interface that receives it.
+
+The I/O layer fills a ``RequestRecord`` per request and a ``TunnelRecord`` per
+WebSocket session and hands them to one ``Observer``; metrics and the access
+log are observers. Keeping this seam narrow keeps the hot path free of
+prometheus and logging details.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from dsproxy.addr import Family
+
+# Bounded label values for client_error(kind).
+CLIENT_ERROR_KINDS = (
+    "bad_request",
+    "header_timeout",
+    "body_timeout",
+    "header_too_large",
+    "body_too_large",
+    "over_capacity",
+)
+# Bounded label values for upstream_error(kind) (DESIGN.md).
+UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One finished request (proxied, or answered by the proxy itself)."""
+
+    client_ip: str  # normalised: never ::ffff:a.b.c.d
+    client_port: int
+    family: Family
+    method: str
+    target: str
+    http_version: str  # "1.1" / "1.0"
+    host: str
+    referer: str
+    user_agent: str
+    status: int  # status sent to the client (0 when nothing could be sent)
+    bytes_received: int  # request body bytes read from the client
+    bytes_sent: int  # response body bytes written to the client
+    start_time: float  # wall clock (time.time()) when the head was complete
+    duration: float  # seconds, head complete -> response complete
+    upstream_addr: str | None  # "10.0.0.1:18080" / "[::1]:18080"
+    upstream_duration: float | None  # seconds from upstream request sent to response end
+    error: str | None  # ProxyError.kind when the proxy answered or aborted
+
+
+@dataclass(slots=True)
+class TunnelRecord:
+    """One WebSocket session, reported when the tunnel closes."""
+
+    client_ip: str
+    client_port: int
+    family: Family
+    target: str
+    host: str
+    upstream_addr: str | None
+    start_time: float
+    duration: float
+    bytes_from_client: int
+    bytes_to_client: int
+    close_reason: str  # client_closed | upstream_closed | idle_timeout | shutdown | error
+
+
+class Observer(Protocol):
+    """Receives events from the I/O layer. Implementations must not raise."""
+
+    def connection_opened(self, family: Family) -> None: ...
+    def connection_closed(self, family: Family) -> None: ...
+    def request_done(self, record: RequestRecord) -> None: ...
+    def client_error(self, kind: str) -> None: ...
+    def upstream_error(self, kind: str) -> None: ...
+    def upstream_connected(self, seconds: float) -> None: ...
+    def upstream_acquired(self, reused: bool) -> None: ...
+    def pool_idle(self, count: int) -> None: ...
+    def websocket_opened(self) -> None: ...
+    def websocket_closed(self, record: TunnelRecord) -> None: ...
+
+
+class NullObserver:
+    """An observer that drops everything (tests, benchmarks of the bare path)."""
+
+    def connection_opened(self, family: Family) -> None:
+        pass
+
+    def connection_closed(self, family: Family) -> None:
+        pass
+
+    def request_done(self, record: RequestRecord) -> None:
+        pass
+
+    def client_error(self, kind: str) -> None:
+        pass
+
+    def upstream_error(self, kind: str) -> None:
+        pass
+
+    def upstream_connected(self, seconds: float) -> None:
+        pass
+
+    def upstream_acquired(self, reused: bool) -> None:
+        pass
+
+    def pool_idle(self, count: int) -> None:
+        pass
+
+    def websocket_opened(self) -> None:
+        pass
+
+    def websocket_closed(self, record: TunnelRecord) -> None:
+        pass
