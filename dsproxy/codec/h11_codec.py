@@ -1,0 +1,244 @@
+"""The reference codec on h11 (python-hyper), pure Python.
+
+h11 keeps both directions' state machines, so it also decides response
+framing from the headers we hand it; we only add the checks a proxy needs on
+top of h11 0.16: a message with both Content-Length and Transfer-Encoding is
+refused (RFC 9112 §6.3: a proxy must not forward it; h11 lets TE win).
+"""
+
+from __future__ import annotations
+
+import h11
+
+from dsproxy.codec.base import (
+    ClientCodec,
+    Headers,
+    RequestHandler,
+    RequestHead,
+    ResponseHandler,
+    ResponseHead,
+    ServerCodec,
+)
+from dsproxy.errors import ClientError, UpstreamError
+
+
+def _framing(headers: Headers) -> tuple[int | None, bool, bool]:
+    """(content_length, chunked, both_given) from h11-normalised header names."""
+    content_length: int | None = None
+    chunked = False
+    has_te = False
+    for name, value in headers:
+        if name == b"content-length":
+            content_length = int(value)
+        elif name == b"transfer-encoding":
+            has_te = True
+            chunked = value.lower() == b"chunked"
+    return content_length, chunked, has_te and content_length is not None
+
+
+def _tokens(headers: Headers, wanted: bytes) -> list[bytes]:
+    """The comma-separated, lower-cased tokens of every ``wanted`` header."""
+    out: list[bytes] = []
+    for name, value in headers:
+        if name == wanted:
+            out.extend(t.strip().lower() for t in value.split(b","))
+    return out
+
+
+def _as_bytes(data: bytes | bytearray | memoryview) -> bytes:
+    return data if type(data) is bytes else bytes(data)
+
+
+class H11ServerCodec(ServerCodec):
+    def __init__(self, handler: RequestHandler, *, max_header_bytes: int) -> None:
+        self._handler = handler
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._switched = False
+
+    def feed(self, data: bytes) -> None:
+        self._conn.receive_data(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        conn = self._conn
+        handler = self._handler
+        try:
+            while True:
+                event = conn.next_event()
+                kind = type(event)
+                if kind is h11.Data:
+                    handler.on_request_body(_as_bytes(event.data))  # type: ignore[union-attr]
+                elif kind is h11.Request:
+                    handler.on_request_head(self._head(event))  # type: ignore[arg-type]
+                elif kind is h11.EndOfMessage:
+                    trailers = list(event.headers.raw_items())  # type: ignore[union-attr]
+                    handler.on_request_end(trailers)
+                    return
+                else:  # NEED_DATA, PAUSED, ConnectionClosed
+                    return
+        except h11.RemoteProtocolError as exc:
+            raise ClientError(str(exc), status=exc.error_status_hint) from None
+
+    def _head(self, event: h11.Request) -> RequestHead:
+        normalised = list(event.headers)
+        content_length, chunked, both = _framing(normalised)
+        if both:
+            # RFC 9112 §6.1: a server MAY reject; a proxy forwarding it invites smuggling.
+            raise ClientError("both Content-Length and Transfer-Encoding", status=400)
+        connection = _tokens(normalised, b"connection")
+        upgrade = None
+        if b"upgrade" in connection:
+            values = _tokens(normalised, b"upgrade")
+            upgrade = values[0] if values else None
+        expect = _tokens(normalised, b"expect")
+        return RequestHead(
+            method=event.method,
+            target=event.target,
+            version=event.http_version,
+            headers=list(event.headers.raw_items()),
+            keep_alive=event.http_version == b"1.1" and b"close" not in connection,
+            content_length=content_length,
+            chunked=chunked,
+            upgrade=upgrade,
+            expect_continue=b"100-continue" in expect,
+        )
+
+    def feed_eof(self) -> bool:
+        conn = self._conn
+        clean = conn.their_state is h11.IDLE and not conn.trailing_data[0]
+        if not self._switched:
+            conn.receive_data(b"")
+        return clean
+
+    @property
+    def head_in_progress(self) -> bool:
+        conn = self._conn
+        return conn.their_state is h11.IDLE and bool(conn.trailing_data[0])
+
+    def start_next_cycle(self) -> None:
+        self._conn.start_next_cycle()
+        self._pump()
+
+    def switch_protocols(self) -> bytes:
+        self._switched = True
+        return _as_bytes(self._conn.trailing_data[0])
+
+    def encode_informational(self, status: int, reason: bytes, headers: Headers) -> bytes:
+        data = self._conn.send(
+            h11.InformationalResponse(status_code=status, headers=headers, reason=reason)
+        )
+        return data or b""
+
+    def encode_response_head(
+        self, status: int, reason: bytes, headers: Headers, *, chunked: bool
+    ) -> bytes:
+        data = self._conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
+        return data or b""
+
+    def encode_body(self, data: bytes) -> bytes:
+        return self._conn.send(h11.Data(data=data)) or b""
+
+    def encode_end(self, trailers: Headers) -> bytes:
+        return self._conn.send(h11.EndOfMessage(headers=trailers)) or b""
+
+
+class H11ClientCodec(ClientCodec):
+    def __init__(self, handler: ResponseHandler) -> None:
+        self._handler = handler
+        self._conn = h11.Connection(h11.CLIENT)
+        self._switched = False
+        self._method = b""
+
+    def encode_request_head(
+        self, method: bytes, target: bytes, headers: Headers, *, chunked: bool
+    ) -> bytes:
+        self._method = method
+        return self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+
+    def encode_body(self, data: bytes) -> bytes:
+        return self._conn.send(h11.Data(data=data)) or b""
+
+    def encode_end(self, trailers: Headers) -> bytes:
+        return self._conn.send(h11.EndOfMessage(headers=trailers)) or b""
+
+    def feed(self, data: bytes) -> None:
+        if self._switched:
+            return
+        self._conn.receive_data(data)
+        try:
+            self._pump()
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamError(f"invalid response: {exc}", kind="protocol") from None
+
+    def _pump(self) -> None:
+        conn = self._conn
+        handler = self._handler
+        while True:
+            event = conn.next_event()
+            kind = type(event)
+            if kind is h11.Data:
+                handler.on_response_body(_as_bytes(event.data))  # type: ignore[union-attr]
+            elif kind is h11.Response or kind is h11.InformationalResponse:
+                head = self._head(event)  # type: ignore[arg-type]
+                handler.on_response_head(head)
+                if conn.their_state is h11.SWITCHED_PROTOCOL:
+                    return
+            elif kind is h11.EndOfMessage:
+                handler.on_response_end(list(event.headers.raw_items()))  # type: ignore[union-attr]
+                return
+            else:
+                return
+
+    def _head(self, event: h11.Response | h11.InformationalResponse) -> ResponseHead:
+        normalised = list(event.headers)
+        content_length, chunked, both = _framing(normalised)
+        if both:
+            raise UpstreamError(
+                "response has both Content-Length and Transfer-Encoding", kind="protocol"
+            )
+        keep_alive = event.http_version == b"1.1" and b"close" not in _tokens(
+            normalised, b"connection"
+        )
+        if (
+            content_length is None
+            and not chunked
+            and event.status_code >= 200
+            and event.status_code not in (204, 304)
+            and self._method != b"HEAD"
+        ):
+            keep_alive = False  # no framing: the body runs to EOF (RFC 9112 §6.3 rule 8)
+        return ResponseHead(
+            status=event.status_code,
+            reason=_as_bytes(event.reason),
+            version=event.http_version,
+            headers=list(event.headers.raw_items()),
+            keep_alive=keep_alive,
+            content_length=content_length,
+            chunked=chunked,
+        )
+
+    def feed_eof(self) -> None:
+        if self._switched:
+            return
+        self._conn.receive_data(b"")
+        try:
+            self._pump()
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamError(f"upstream closed mid-response: {exc}", kind="reset") from None
+
+    def start_next_cycle(self) -> None:
+        self._conn.start_next_cycle()
+
+    def switch_protocols(self) -> bytes:
+        self._switched = True
+        return _as_bytes(self._conn.trailing_data[0])
+
+
+class H11Codec:
+    name = "h11"
+
+    def server(self, handler: RequestHandler, *, max_header_bytes: int) -> ServerCodec:
+        return H11ServerCodec(handler, max_header_bytes=max_header_bytes)
+
+    def client(self, handler: ResponseHandler) -> ClientCodec:
+        return H11ClientCodec(handler)

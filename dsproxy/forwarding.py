@@ -1,0 +1,209 @@
+"""Forwarding rules: pure functions from a parsed head to the head we send.
+
+No I/O here. RFC 9110 §7.6.1: hop-by-hop fields (Connection, the names it
+lists, and the fixed set below) end at this hop; the proxy re-frames bodies
+itself, so Transfer-Encoding is decided here and not copied.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from dsproxy.codec.base import Headers, RequestHead, ResponseHead
+from dsproxy.config import IPNetwork
+from dsproxy.errors import ClientError, UpstreamError
+
+# RFC 9110 §7.6.1 plus the de-facto Proxy-Connection / Keep-Alive.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Headers the proxy sets itself on every forwarded request.
+_FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+     b"x-real-ip"}
+)
+_DROP_REQUEST = HOP_BY_HOP | _FORWARDED
+# RFC 9110 §9.2.2: a request with one of these methods can be repeated safely.
+IDEMPOTENT_METHODS = frozenset(
+    {b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientContext:
+    """What forwarding needs to know about one client connection (fixed per connection)."""
+
+    client_ip: str  # normalised
+    listen_port: bytes  # the port the client connected to, for X-Forwarded-Port
+    trusted: bool  # the peer is in server.trusted_proxies
+    upstream_authority: bytes  # "host:port" of the upstream
+    preserve_host: bool  # upstream.host_header == "preserve"
+
+
+def is_trusted(client_ip: str, networks: Iterable[IPNetwork]) -> bool:
+    """True when ``client_ip`` lies in one of ``networks`` (server.trusted_proxies)."""
+    nets = tuple(networks)
+    if not nets:
+        return False
+    try:
+        ip = ipaddress.ip_address(client_ip.partition("%")[0])
+    except ValueError:
+        return False
+    return any(ip in net for net in nets)
+
+
+def _connection_tokens(headers: Headers) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return tokens
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """The head to send upstream and how its body is framed."""
+
+    method: bytes
+    target: bytes
+    headers: Headers
+    chunked: bool
+    websocket: bool
+    host: bytes  # the Host the client asked for (for logs and X-Forwarded-Host)
+
+
+def check_request(head: RequestHead, max_body_bytes: int) -> None:
+    """Refuse what a reverse proxy must not forward (raises ClientError)."""
+    if head.method == b"CONNECT":
+        raise ClientError("CONNECT is not supported by a reverse proxy", status=405)
+    if max_body_bytes and head.content_length is not None and head.content_length > max_body_bytes:
+        raise ClientError("request body too large", status=413, kind="body_too_large")
+    if head.version == b"1.1":
+        hosts = sum(1 for name, _ in head.headers if len(name) == 4 and name.lower() == b"host")
+        # RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request, else 400.
+        if hosts != 1:
+            raise ClientError("an HTTP/1.1 request needs exactly one Host header", status=400)
+
+
+def build_upstream_request(head: RequestHead, ctx: ClientContext) -> UpstreamRequest:
+    """Rewrite a client request for the upstream in one pass over its headers."""
+    listed = _connection_tokens(head.headers)
+    drop = _DROP_REQUEST | listed if listed else _DROP_REQUEST
+    out: Headers = []
+    host = b""
+    xff = b""
+    real_ip = b""
+    proto = b""
+    wants_trailers = False
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in drop:
+            if ctx.trusted:
+                if lname == b"x-forwarded-for":
+                    xff = value if not xff else xff + b", " + value
+                elif lname == b"x-real-ip":
+                    real_ip = value
+                elif lname == b"x-forwarded-proto":
+                    proto = value
+            if lname == b"te" and b"trailers" in value.lower():
+                wants_trailers = True
+            continue
+        if lname == b"host":
+            host = value
+            if not ctx.preserve_host:
+                continue
+        out.append((name, value))
+    client = ctx.client_ip.encode("ascii")
+    if not host or not ctx.preserve_host:
+        out.append((b"Host", ctx.upstream_authority))
+    out.append((b"X-Forwarded-For", xff + b", " + client if xff else client))
+    out.append((b"X-Real-IP", real_ip or client))
+    out.append((b"X-Forwarded-Proto", proto or b"http"))
+    out.append((b"X-Forwarded-Host", host or ctx.upstream_authority))
+    out.append((b"X-Forwarded-Port", ctx.listen_port))
+    if wants_trailers:
+        # RFC 9110 §10.1.4: we pass trailers through, so the client's consent holds.
+        out.append((b"TE", b"trailers"))
+    websocket = head.upgrade == b"websocket"
+    if websocket:
+        out.append((b"Upgrade", b"websocket"))
+        out.append((b"Connection", b"upgrade"))
+    chunked = head.chunked
+    if chunked:
+        out.append((b"Transfer-Encoding", b"chunked"))
+    return UpstreamRequest(head.method, head.target, out, chunked, websocket, host)
+
+
+def response_has_body(method: bytes, status: int) -> bool:
+    """RFC 9112 §6.3: HEAD responses, 1xx, 204 and 304 never carry a body."""
+    return not (method == b"HEAD" or status < 200 or status == 204 or status == 304)
+
+
+@dataclass(slots=True)
+class ClientResponse:
+    headers: Headers
+    chunked: bool
+    close: bool  # the client connection must close after this response
+
+
+def build_client_response(
+    resp: ResponseHead, request: RequestHead, *, close: bool
+) -> ClientResponse:
+    """Rewrite an upstream response for the client; ``close`` when we will close anyway."""
+    listed = _connection_tokens(resp.headers)
+    drop = HOP_BY_HOP | listed if listed else HOP_BY_HOP
+    out: Headers = [(n, v) for n, v in resp.headers if n.lower() not in drop]
+    chunked = False
+    if resp.content_length is None and response_has_body(request.method, resp.status):
+        if request.version == b"1.1":
+            chunked = True
+            out.append((b"Transfer-Encoding", b"chunked"))
+        else:
+            close = True  # HTTP/1.0 client: the body ends when we close (RFC 9112 §6.3)
+    if not request.keep_alive:
+        close = True
+    if close:
+        out.append((b"Connection", b"close"))
+    return ClientResponse(out, chunked, close)
+
+
+def build_switch_response(resp: ResponseHead) -> Headers:
+    """Headers of a 101 for a WebSocket upgrade: hop-by-hop stripped, upgrade restated."""
+    listed = _connection_tokens(resp.headers)
+    drop = HOP_BY_HOP | listed
+    out: Headers = [(n, v) for n, v in resp.headers if n.lower() not in drop]
+    out.append((b"Upgrade", b"websocket"))
+    out.append((b"Connection", b"Upgrade"))
+    return out
+
+
+def check_switch(resp: ResponseHead, websocket_requested: bool) -> None:
+    """A 101 is only valid as the answer to a WebSocket upgrade we forwarded."""
+    if not websocket_requested:
+        raise UpstreamError("101 Switching Protocols the client did not ask for", kind="protocol")
+
+
+def error_response(status: int, detail: str = "") -> tuple[bytes, Headers, bytes]:
+    """A short plain-text error: (reason, headers, body). The connection closes after."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    body = f"{status} {phrase}\n".encode()
+    headers: Headers = [
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"Content-Length", str(len(body)).encode()),
+        (b"Connection", b"close"),
+    ]
+    return phrase.encode(), headers, body

@@ -1,0 +1,201 @@
+"""Process lifecycle: start, signals, reload, graceful shutdown.
+
+SIGTERM / SIGINT (Kubernetes, Ctrl-C):
+  1. /readyz turns 503 at once; traffic is still served for shutdown.delay
+     seconds (a hostNetwork pod has no kube-proxy to drain it for us);
+  2. listeners close, keep-alive connections get ``Connection: close`` on their
+     next response and idle ones close, in-flight requests finish;
+  3. after shutdown.grace what is left (WebSocket tunnels too) is closed; exit 0.
+A second signal skips to the end. SIGHUP re-reads the config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from dsproxy.addr import HostPort
+from dsproxy.config import Config
+from dsproxy.errors import ConfigError
+from dsproxy.listener import Listener, ListenError
+from dsproxy.server import ProxyServer
+
+log = logging.getLogger("dsproxy")
+
+# How often buffered access-log lines are flushed.
+ACCESS_LOG_FLUSH_SECONDS = 1.0
+
+
+class Lifecycle:
+    """Signals and phases of one serving process."""
+
+    def __init__(self) -> None:
+        self.stop_requested = asyncio.Event()
+        self.force = asyncio.Event()
+        self.ready = False
+        self.reload_requested: Callable[[], None] | None = None
+
+    def on_stop_signal(self) -> None:
+        if self.stop_requested.is_set():
+            log.warning("second stop signal: closing everything now")
+            self.force.set()
+        else:
+            log.info("stop signal: draining")
+            self.ready = False
+            self.stop_requested.set()
+
+    async def sleep_unless_forced(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.force.wait(), timeout=seconds)
+
+
+async def serve(
+    config: Config,
+    *,
+    ready: Callable[[list[HostPort]], None] | None = None,
+    listeners: list[Listener] | None = None,
+    install_signals: bool = True,
+    lifecycle: Lifecycle | None = None,
+) -> int:
+    """Run one proxy process until it is told to stop; return the exit code."""
+    from dsproxy.accesslog import AccessLog, FanOut
+    from dsproxy.logsetup import configure_logging
+    from dsproxy.metrics import Metrics, metrics_registry_for_scrape
+
+    configure_logging(config.log.level)
+    loop = asyncio.get_running_loop()
+    life = lifecycle or Lifecycle()
+    metrics = Metrics()
+    access = AccessLog(config.log.access) if config.log.access != "off" else None
+    observer = FanOut([metrics, access] if access is not None else [metrics])
+    server = ProxyServer(config, observer)
+    try:
+        await server.start(listeners)
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 1
+
+    admin = None
+    if config.admin.listen is not None:
+        from dsproxy.admin import start_admin
+
+        try:
+            admin = await start_admin(
+                config.admin.listen,
+                registry=metrics_registry_for_scrape(metrics.registry),
+                is_ready=lambda: life.ready,
+            )
+        except OSError as exc:
+            log.error("cannot listen on admin address %s: %s", config.admin.listen, exc)
+            await server.shutdown(0)
+            return 1
+
+    async def do_reload() -> None:
+        from dsproxy.config import check_file
+
+        source = server.config.source
+        if source is None:
+            log.warning("SIGHUP: no config file to re-read (started without -c)")
+            return
+        try:
+            new = check_file(source)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s: %s", source, exc)
+            return
+        try:
+            await server.reload(new)
+        except ListenError as exc:
+            log.error("reload: %s", exc)
+            return
+        log.info("reloaded %s", source)
+
+    reload_tasks: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(do_reload())
+        reload_tasks.add(task)
+        task.add_done_callback(reload_tasks.discard)
+
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, life.on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+    flusher: asyncio.TimerHandle | None = None
+
+    def flush() -> None:
+        nonlocal flusher
+        if access is not None:
+            access.flush()
+        flusher = loop.call_later(ACCESS_LOG_FLUSH_SECONDS, flush)
+
+    flush()
+    life.ready = True
+    if ready is not None:
+        ready(server.addresses)
+    try:
+        await life.stop_requested.wait()
+        life.ready = False
+        if config.shutdown.delay > 0:
+            log.info("readiness off; serving %.0fs more before draining", config.shutdown.delay)
+            await life.sleep_unless_forced(config.shutdown.delay)
+        grace = 0.0 if life.force.is_set() else config.shutdown.grace
+        drain = loop.create_task(server.shutdown(grace))
+        forced = loop.create_task(life.force.wait())
+        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+            await server.shutdown(0)
+        forced.cancel()
+    finally:
+        if flusher is not None:
+            flusher.cancel()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        if admin is not None:
+            await admin.close()
+        if access is not None:
+            access.flush()
+    log.info("stopped")
+    return 0
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (the default on Linux), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def run_main(coro: Coroutine[Any, Any, int]) -> int:
+    """Run ``coro`` on uvloop and return its exit code."""
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(coro)
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(config: Config) -> int:
+    """``dsproxy run``: one process, or a supervisor with ``server.workers`` processes."""
+    if config.server.workers > 1:
+        from dsproxy.workers import supervise
+
+        return supervise(config)
+    return run_main(serve(config))
+
+
+def main_error(message: str) -> int:
+    print(f"dsproxy: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,142 @@
+"""One worker's proxy: its listeners, its upstream pool, its client connections.
+
+``ProxyServer`` is the owner of every socket of a worker. Shutdown follows
+uvicorn's order: stop accepting, tell connections to finish (idle ones close
+now, busy ones after their response), wait up to the grace period, then abort
+what is left (WebSocket tunnels included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from dsproxy.addr import HostPort
+from dsproxy.codec import get_codec
+from dsproxy.config import Config
+from dsproxy.downstream import DownstreamProtocol, Shared
+from dsproxy.listener import Listener, bind_all, bind_listener
+from dsproxy.records import Observer
+from dsproxy.resolver import Resolver
+from dsproxy.upstream import UpstreamPool
+
+log = logging.getLogger("dsproxy.server")
+
+DRAIN_POLL_SECONDS = 0.05
+
+
+class ProxyServer:
+    def __init__(self, config: Config, observer: Observer, *, resolver: Resolver | None = None):
+        self.config = config
+        self.observer = observer
+        self.resolver = resolver or Resolver(config.upstream.resolve_interval)
+        self.shared = self._make_shared(config)
+        self._retired: list[Shared] = []  # configurations replaced by a reload, still draining
+        self._listeners: dict[HostPort, tuple[Listener, asyncio.Server]] = {}
+        self.draining = False
+
+    def _make_shared(self, config: Config) -> Shared:
+        codec = get_codec(config.server.parser)
+        pool = UpstreamPool(config.upstream, codec, self.observer, self.resolver)
+        return Shared(config=config, codec=codec, pool=pool, observer=self.observer)
+
+    def _factory(self) -> DownstreamProtocol:
+        return DownstreamProtocol(self.shared)
+
+    @property
+    def reuse_port(self) -> bool:
+        return self.config.server.workers > 1
+
+    async def start(self, listeners: list[Listener] | None = None) -> None:
+        """Bind (or adopt) the listen sockets and start accepting."""
+        if listeners is None:
+            listeners = bind_all(
+                self.config.server.listen,
+                ipv6only=self.config.server.ipv6only,
+                reuse_port=self.reuse_port,
+            )
+        try:
+            for listener in listeners:
+                await self._serve(listener)
+        except BaseException:
+            for listener in listeners:
+                listener.sock.close()
+            raise
+
+    async def _serve(self, listener: Listener) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self._factory, sock=listener.sock)
+        self._listeners[listener.address] = (listener, server)
+        kind = "dual-stack IPv4+IPv6" if listener.dual_stack else (
+            "IPv6 only" if listener.sock.family.name == "AF_INET6" else "IPv4"
+        )
+        log.info("listening on %s (%s)", listener.bound, kind)
+
+    @property
+    def addresses(self) -> list[HostPort]:
+        """The bound addresses (port 0 resolved to the port the OS chose)."""
+        return [listener.bound for listener, _ in self._listeners.values()]
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.shared.connections) + sum(len(s.connections) for s in self._retired)
+
+    async def reload(self, config: Config) -> None:
+        """New connections use ``config``; open ones finish on the old one.
+
+        Listen addresses that did not change keep their sockets, so no
+        connection is refused while reloading.
+        """
+        old = self.shared
+        self.config = config
+        self.resolver.interval = config.upstream.resolve_interval
+        self.shared = self._make_shared(config)
+        old.draining = True
+        old.pool.close()
+        for conn in list(old.connections):
+            conn.close_if_idle()
+        self._retired.append(old)
+        wanted = set(config.server.listen)
+        for address in list(self._listeners):
+            if address not in wanted:
+                listener, server = self._listeners.pop(address)
+                server.close()
+                log.info("stopped listening on %s", listener.bound)
+        for address in config.server.listen:
+            if address not in self._listeners:
+                listener = bind_listener(
+                    address, ipv6only=config.server.ipv6only, reuse_port=self.reuse_port
+                )
+                await self._serve(listener)
+        self._retired = [s for s in self._retired if s.connections]
+
+    def stop_accepting(self) -> None:
+        for _, server in self._listeners.values():
+            server.close()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, let in-flight work finish for ``grace`` seconds, then abort."""
+        self.draining = True
+        self.stop_accepting()
+        everything = [self.shared, *self._retired]
+        for shared in everything:
+            shared.draining = True
+            shared.pool.close()
+            for conn in list(shared.connections):
+                conn.close_if_idle()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(s.connections for s in everything) and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        left = sum(len(s.connections) for s in everything)
+        if left:
+            log.warning("shutdown grace of %.0fs ran out: closing %d connections", grace, left)
+        for shared in everything:
+            for conn in list(shared.connections):
+                conn.abort()
+            shared.pool.abort_busy()
+        for _, server in self._listeners.values():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), timeout=1.0)
+        self._listeners.clear()
