@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import cast
 from dataclasses import dataclass, field
 
 from dsproxy.addr import Family, family_of, normalise_ip
@@ -62,6 +63,8 @@ class Shared:
     connections: set[DownstreamProtocol] = field(default_factory=set)
     tunnels: set[Tunnel] = field(default_factory=set)
     draining: bool = False
+    # Set by shutdown; fired when the last connection closes.
+    all_closed: asyncio.Event | None = None
 
 
 class DownstreamProtocol(asyncio.Protocol):
@@ -122,7 +125,8 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # =============================================================== connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         shared = self.shared
         if len(shared.connections) >= shared.config.server.max_connections:
@@ -235,6 +239,8 @@ class DownstreamProtocol(asyncio.Protocol):
             self.shared.pool.connect(self)
 
     def on_request_body(self, data: bytes) -> None:
+        if self.state != ACTIVE:
+            return
         self.bytes_received += len(data)
         if self.max_body_bytes and self.bytes_received > self.max_body_bytes:
             self._client_fault(
@@ -252,6 +258,8 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._pause_reading(4)
 
     def on_request_end(self, trailers: Headers) -> None:
+        if self.state != ACTIVE:
+            return
         self.request_done = True
         now = self.loop.time()
         self._upstream_activity = now
@@ -322,13 +330,15 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if not self.response_started:
             log.warning(
-                "upstream error: %s", error.detail,
+                "upstream error: %s",
+                error.detail,
                 extra={"client": self.client_ip, "kind": error.kind},
             )
             self._respond_error(error)
         else:
             log.warning(
-                "upstream failed mid-response, aborting client: %s", error.detail,
+                "upstream failed mid-response, aborting client: %s",
+                error.detail,
                 extra={"client": self.client_ip, "kind": error.kind},
             )
             self._abort_exchange(error.kind)
@@ -356,7 +366,9 @@ class DownstreamProtocol(asyncio.Protocol):
                 if up_req is not None and up_req.websocket:
                     self._start_tunnel(head)
                 else:
-                    self._upstream_protocol_error("101 Switching Protocols the client did not ask for")
+                    self._upstream_protocol_error(
+                        "101 Switching Protocols the client did not ask for"
+                    )
             elif req.version == b"1.1" and (head.status != 100 or req.expect_continue):
                 # RFC 9110 §15.2: forward 1xx to HTTP/1.1 clients.
                 transport.write(self.codec.encode_informational(head.status, head.reason, []))
@@ -515,7 +527,9 @@ class DownstreamProtocol(asyncio.Protocol):
         """The client sent something we refuse: answer with its status and close."""
         self.shared.observer.client_error(exc.kind if exc.status != 431 else "header_too_large")
         log.info(
-            "client error %d: %s", exc.status, exc.detail,
+            "client error %d: %s",
+            exc.status,
+            exc.detail,
             extra={"client": self.client_ip, "kind": exc.kind},
         )
         if self.req is None:
@@ -588,8 +602,11 @@ class DownstreamProtocol(asyncio.Protocol):
         self._cancel_timer()
         if self.counted:
             self.counted = False
-            self.shared.connections.discard(self)
-            self.shared.observer.connection_closed(self.family)
+            shared = self.shared
+            shared.connections.discard(self)
+            shared.observer.connection_closed(self.family)
+            if not shared.connections and shared.all_closed is not None:
+                shared.all_closed.set()
         up = self.upstream
         if up is not None:
             self.upstream = None
@@ -621,9 +638,9 @@ class DownstreamProtocol(asyncio.Protocol):
     def _resume_reading(self, reasons: int) -> None:
         was = self._reading_paused_by
         self._reading_paused_by &= ~reasons
-        if was and not self._reading_paused_by and self.transport is not None:
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
+        transport = self.transport
+        if was and not self._reading_paused_by and transport and not transport.is_closing():
+            transport.resume_reading()
 
     # ================================================================ timers
     def _arm(self, when: float) -> None:

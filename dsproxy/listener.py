@@ -44,7 +44,9 @@ class Listener:
         return self.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
 
 
-def _make_socket(family: int, host: str, port: int, *, v6only: bool, reuse_port: bool) -> socket.socket:
+def _make_socket(
+    family: int, host: str, port: int, *, v6only: bool, reuse_port: bool
+) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -62,7 +64,9 @@ def _make_socket(family: int, host: str, port: int, *, v6only: bool, reuse_port:
     return sock
 
 
-def bind_listener(address: HostPort, *, ipv6only: bool = False, reuse_port: bool = False) -> Listener:
+def bind_listener(
+    address: HostPort, *, ipv6only: bool = False, reuse_port: bool = False
+) -> Listener:
     """Bind one listen address. ``[::]`` on a host without IPv6 falls back to 0.0.0.0."""
     try:
         if address.is_ipv6:
@@ -75,14 +79,21 @@ def bind_listener(address: HostPort, *, ipv6only: bool = False, reuse_port: bool
                     reuse_port=reuse_port,
                 )
             except OSError as exc:
-                unavailable = exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
+                unavailable = exc.errno in (
+                    errno.EAFNOSUPPORT,
+                    errno.EADDRNOTAVAIL,
+                    errno.EPROTONOSUPPORT,
+                )
                 if address.host != "::" or ipv6only or not unavailable:
                     raise
                 log.warning(
                     "IPv6 is not available on this host (%s); listening on 0.0.0.0:%d instead",
-                    exc.strerror, address.port,
+                    exc.strerror,
+                    address.port,
                 )
-                sock = _make_socket(socket.AF_INET, "0.0.0.0", address.port, v6only=False, reuse_port=reuse_port)
+                sock = _make_socket(
+                    socket.AF_INET, "0.0.0.0", address.port, v6only=False, reuse_port=reuse_port
+                )
         else:
             sock = _make_socket(
                 socket.AF_INET, address.host, address.port, v6only=False, reuse_port=reuse_port
@@ -92,7 +103,9 @@ def bind_listener(address: HostPort, *, ipv6only: bool = False, reuse_port: bool
     return Listener(address, sock)
 
 
-def bind_all(addresses: tuple[HostPort, ...], *, ipv6only: bool, reuse_port: bool) -> list[Listener]:
+def bind_all(
+    addresses: tuple[HostPort, ...], *, ipv6only: bool, reuse_port: bool
+) -> list[Listener]:
     """Bind every address or none (sockets already bound are closed on failure)."""
     listeners: list[Listener] = []
     try:

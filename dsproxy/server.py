@@ -23,8 +23,6 @@ from dsproxy.upstream import UpstreamPool
 
 log = logging.getLogger("dsproxy.server")
 
-DRAIN_POLL_SECONDS = 0.05
-
 
 class ProxyServer:
     def __init__(self, config: Config, observer: Observer, *, resolver: Resolver | None = None):
@@ -68,8 +66,10 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(self._factory, sock=listener.sock)
         self._listeners[listener.address] = (listener, server)
-        kind = "dual-stack IPv4+IPv6" if listener.dual_stack else (
-            "IPv6 only" if listener.sock.family.name == "AF_INET6" else "IPv4"
+        kind = (
+            "dual-stack IPv4+IPv6"
+            if listener.dual_stack
+            else ("IPv6 only" if listener.sock.family.name == "AF_INET6" else "IPv4")
         )
         log.info("listening on %s (%s)", listener.bound, kind)
 
@@ -125,10 +125,14 @@ class ProxyServer:
             shared.pool.close()
             for conn in list(shared.connections):
                 conn.close_if_idle()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while any(s.connections for s in everything) and loop.time() < deadline:
-            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        waits = []
+        for shared in everything:
+            shared.all_closed = asyncio.Event()
+            if not shared.connections:
+                shared.all_closed.set()
+            waits.append(shared.all_closed.wait())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), timeout=grace)
         left = sum(len(s.connections) for s in everything)
         if left:
             log.warning("shutdown grace of %.0fs ran out: closing %d connections", grace, left)
