@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import cast
 from dataclasses import dataclass, field
+from typing import cast
 
 from dsproxy.addr import Family, family_of, normalise_ip
 from dsproxy.codec.base import CodecFactory, Headers, RequestHead, ResponseHead, ServerCodec
@@ -87,6 +87,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self.ctx: ClientContext | None = None
         self.tunnel: Tunnel | None = None
         self.counted = False
+        # Response bytes produced while handling one upstream read; written with
+        # one transport call when that read is done (flush), not one per event.
+        self._out: list[bytes] = []
         # Deadline bookkeeping (loop.time() stamps).
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -371,7 +374,7 @@ class DownstreamProtocol(asyncio.Protocol):
                     )
             elif req.version == b"1.1" and (head.status != 100 or req.expect_continue):
                 # RFC 9110 §15.2: forward 1xx to HTTP/1.1 clients.
-                transport.write(self.codec.encode_informational(head.status, head.reason, []))
+                self._out.append(self.codec.encode_informational(head.status, head.reason, []))
             return
         self.response_started = True
         self.status = head.status
@@ -381,7 +384,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.close_after = out.close
         self.response_chunked = out.chunked
         try:
-            transport.write(
+            self._out.append(
                 self.codec.encode_response_head(
                     head.status, head.reason, out.headers, chunked=out.chunked
                 )
@@ -394,14 +397,14 @@ class DownstreamProtocol(asyncio.Protocol):
         if transport is None or not self.response_started:
             return
         self.bytes_sent += len(data)
-        transport.write(self.codec.encode_body(data))
+        self._out.append(self.codec.encode_body(data))
 
     def on_response_end(self, trailers: Headers) -> None:
         transport = self.transport
         up = self.upstream
         if transport is None or up is None or not self.response_started:
             return
-        transport.write(self.codec.encode_end(trailers if self.response_chunked else []))
+        self._out.append(self.codec.encode_end(trailers if self.response_chunked else []))
         up.owner = None
         self.upstream = None
         pool = self.shared.pool
@@ -420,6 +423,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if up is None or transport is None or up.transport is None or req is None:
             return
         self.status = 101
+        self.flush()
         transport.write(
             self.codec.encode_informational(101, head.reason, build_switch_response(head))
         )
@@ -463,8 +467,18 @@ class DownstreamProtocol(asyncio.Protocol):
         self.shared.observer.websocket_closed(tunnel.record)
 
     # ================================================================ ending
+    def flush(self) -> None:
+        """Write what the last upstream read produced, in one call."""
+        out = self._out
+        if out:
+            self._out = []
+            transport = self.transport
+            if transport is not None and self.state != CLOSED:
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+
     def _finish(self) -> None:
         """The response is complete: record it, then next cycle or close."""
+        self.flush()
         self._record(None)
         close = self.close_after or self.shared.draining or not self.request_done
         self._reset_exchange()
@@ -560,6 +574,7 @@ class DownstreamProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.state == CLOSED:
             return
+        self._out = []  # an interim 1xx at most: the error replaces it
         reason, headers, body = error_response(error.status)
         self.status = error.status
         self.bytes_sent = len(body)

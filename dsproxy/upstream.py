@@ -45,6 +45,7 @@ class UpstreamOwner(Protocol):
     def upstream_data_seen(self) -> None: ...
     def upstream_pause_writing(self) -> None: ...
     def upstream_resume_writing(self) -> None: ...
+    def flush(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -87,6 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.codec.feed(data)
         except UpstreamError as exc:
             self._fail(exc)
+        owner.flush()
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
@@ -94,11 +96,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self.owner is None:
             self.pool.discard(self)
             return None
+        owner = self.owner
         try:
             self.codec.feed_eof()
         except UpstreamError as exc:
             self._fail(exc)
             return None
+        finally:
+            owner.flush()
         if self.owner is not None:
             # EOF while a response is still expected: the upstream reset us.
             self._fail(UpstreamError("upstream closed the connection", kind="reset"))
