@@ -61,6 +61,7 @@ async def serve(
     listeners: list[Listener] | None = None,
     install_signals: bool = True,
     lifecycle: Lifecycle | None = None,
+    reuse_port: bool | None = None,
 ) -> int:
     """Run one proxy process until it is told to stop; return the exit code."""
     from dsproxy.accesslog import AccessLog, FanOut
@@ -73,7 +74,7 @@ async def serve(
     metrics = Metrics()
     access = AccessLog(config.log.access) if config.log.access != "off" else None
     observer = FanOut([metrics, access] if access is not None else [metrics])
-    server = ProxyServer(config, observer)
+    server = ProxyServer(config, observer, reuse_port=reuse_port)
     try:
         await server.start(listeners)
     except ListenError as exc:

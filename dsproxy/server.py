@@ -25,8 +25,18 @@ log = logging.getLogger("dsproxy.server")
 
 
 class ProxyServer:
-    def __init__(self, config: Config, observer: Observer, *, resolver: Resolver | None = None):
+    def __init__(
+        self,
+        config: Config,
+        observer: Observer,
+        *,
+        resolver: Resolver | None = None,
+        reuse_port: bool | None = None,
+    ):
         self.config = config
+        # SO_REUSEPORT lets several worker processes bind the same address; a
+        # supervisor asks for it even for one worker, since a reload may add more.
+        self._reuse_port = reuse_port
         self.observer = observer
         self.resolver = resolver or Resolver(config.upstream.resolve_interval)
         self.shared = self._make_shared(config)
@@ -44,6 +54,8 @@ class ProxyServer:
 
     @property
     def reuse_port(self) -> bool:
+        if self._reuse_port is not None:
+            return self._reuse_port
         return self.config.server.workers > 1
 
     async def start(self, listeners: list[Listener] | None = None) -> None:

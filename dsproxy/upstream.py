@@ -9,6 +9,7 @@ the tunnel owns it. Whoever owns a connection is the one that closes it.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -61,7 +62,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.idle_since = 0.0
         self.closed = False
+        self.stale = False  # its address left the upstream name's answer
         self.peer = server.authority
+        self.address = server.host
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -71,7 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
         peer = transport.get_extra_info("peername")
         if peer:
-            host = peer[0]
+            host = self.address = str(peer[0])
             self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
 
     def data_received(self, data: bytes) -> None:
@@ -193,6 +196,8 @@ class UpstreamPool:
         self._rr = 0
         self._down_until: dict[UpstreamServer, float] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._named = [s for s in config.servers if not _is_ip_literal(s.host)]
         self.closing = False
 
     # -- lending -----------------------------------------------------------------
@@ -210,11 +215,17 @@ class UpstreamPool:
     def connect(self, waiter: ConnectWaiter, *, exclude: UpstreamServer | None = None) -> None:
         """Open a new connection in the background and hand it to ``waiter``."""
         server = self._pick_server(exclude)
-        task = asyncio.get_running_loop().create_task(self._connect(server, waiter))
+        loop = asyncio.get_running_loop()
+        if self._refresher is None and self._named and self.config.resolve_interval > 0:
+            self._refresher = loop.create_task(self._refresh_addresses())
+        task = loop.create_task(self._connect(server, waiter))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
 
-    def _pick_server(self, exclude: UpstreamServer | None) -> UpstreamServer:
+    def _pick_server(
+        self, exclude: UpstreamServer | None, avoid: set[UpstreamServer] | None = None
+    ) -> UpstreamServer:
+        """Round-robin over the servers, skipping those marked down (or in ``avoid``)."""
         servers = self.config.servers
         if len(servers) == 1:
             return servers[0]
@@ -222,31 +233,46 @@ class UpstreamPool:
         for _ in range(len(servers)):
             self._rr = (self._rr + 1) % len(servers)
             server = servers[self._rr]
+            if avoid and server in avoid:
+                continue
             if server != exclude and self._down_until.get(server, 0.0) <= now:
                 return server
+        if avoid:
+            for server in servers:
+                if server not in avoid:
+                    return server
         # Every server is marked down: try the next one anyway rather than fail fast.
         self._rr = (self._rr + 1) % len(servers)
         return servers[self._rr]
 
-    async def _connect(self, server: UpstreamServer, waiter: ConnectWaiter) -> None:
+    async def _connect(self, first: UpstreamServer, waiter: ConnectWaiter) -> None:
+        """Connect to ``first``; with several servers, fail over to the others.
+
+        Nothing was sent on a connection that failed to open, so trying the next
+        server is safe for every method (nginx's ``proxy_next_upstream error``).
+        """
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                addresses = await self.resolver.resolve(server)
-                conn = await self._open(loop, server, addresses)
-        except TimeoutError:
-            self._mark_down(server)
-            waiter.upstream_failed(
-                None, UpstreamError(f"connect to {server.authority} timed out", kind="connect")
-            )
-            return
-        except OSError as exc:
-            self._mark_down(server)
-            waiter.upstream_failed(
-                None, UpstreamError(f"connect to {server.authority}: {exc}", kind="connect")
-            )
-            return
+        server = first
+        tried: set[UpstreamServer] = set()
+        while True:
+            tried.add(server)
+            started = loop.time()
+            try:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    addresses = await self.resolver.resolve(server)
+                    conn = await self._open(loop, server, addresses)
+                break
+            except (TimeoutError, OSError) as exc:
+                self._mark_down(server)
+                detail = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+                error = UpstreamError(f"connect to {server.authority}: {detail}", kind="connect")
+                untried = [s for s in self.config.servers if s not in tried]
+                if not untried or self.closing:
+                    waiter.upstream_failed(None, error)
+                    return
+                log.warning("%s; trying the next server", error.detail)
+                self.observer.upstream_error("connect")
+                server = self._pick_server(exclude=None, avoid=tried)
         self._down_until.pop(server, None)
         self.observer.upstream_connected(loop.time() - started)
         if self.closing:
@@ -298,6 +324,34 @@ class UpstreamPool:
                 task.cancel()
                 task.add_done_callback(_close_if_connected)
 
+    async def _refresh_addresses(self) -> None:
+        """Re-resolve upstream names every resolve_interval while the pool lives.
+
+        Pooled connections would otherwise keep traffic on an address the name
+        no longer has (a gateway Service or pod that moved): idle ones to a
+        dropped address are closed, busy ones are not taken back.
+        """
+        while not self.closing:
+            await asyncio.sleep(self.config.resolve_interval)
+            for server in self._named:
+                try:
+                    addresses = set(await self.resolver.resolve(server))
+                except OSError:
+                    continue  # the resolver keeps (and logs) the last good answer
+                self._drop_stale(server, addresses)
+
+    def _drop_stale(self, server: UpstreamServer, addresses: set[str]) -> None:
+        kept: deque[UpstreamConnection] = deque()
+        for conn in self._idle:
+            if conn.server == server and conn.address not in addresses:
+                conn.close()
+            else:
+                kept.append(conn)
+        self._idle = kept
+        for conn in self._busy:
+            if conn.server == server and conn.address not in addresses:
+                conn.stale = True
+
     def _mark_down(self, server: UpstreamServer) -> None:
         if len(self.config.servers) > 1:
             self._down_until[server] = time.monotonic() + FAILED_SERVER_BACKOFF_SECONDS
@@ -312,6 +366,7 @@ class UpstreamPool:
         if (
             self.closing
             or conn.closed
+            or conn.stale
             or conn.requests >= self.config.keepalive_requests
             or len(self._idle) >= self.config.keepalive
         ):
@@ -369,6 +424,9 @@ class UpstreamPool:
     def close(self) -> None:
         """Close idle connections and cancel connects; busy ones close with their exchange."""
         self.closing = True
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -388,3 +446,11 @@ def _close_if_connected(task: asyncio.Task[tuple[asyncio.Transport, UpstreamConn
     """A Happy Eyeballs loser that connected anyway must not leak its socket."""
     if not task.cancelled() and task.exception() is None:
         task.result()[1].close()
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
