@@ -1,0 +1,340 @@
+"""Access log: one line per finished request or WebSocket session, and ``FanOut``.
+
+Two formats (``log.access``):
+
+- ``combined`` is exactly nginx's ``combined`` format, so existing parsers
+  (goaccess, fluent-bit's nginx parser, awk scripts) keep working::
+
+      $remote_addr - - [$time_local] "$request" $status $body_bytes_sent
+          "$http_referer" "$http_user_agent"            (one line)
+
+  ``$time_local`` looks like ``25/Nov/2026:07:55:01 +0000`` (local time, as
+  nginx writes it). The request line, referer and user agent are escaped as
+  nginx does: ``"``, ``\\``, control characters and bytes >= 0x7f become
+  ``\\xHH``; an empty referer or user agent is ``-``. A finished WebSocket
+  session is a line with status 101 and the bytes sent to the client.
+- ``json`` is one JSON object per line with more fields (upstream, durations,
+  bytes both ways, error / close reason); see ``request_json`` and
+  ``tunnel_json`` for the keys.
+
+Both are written when the request (or session) ends, with its end time.
+
+Flushing: a line is one ``stream.write``; nothing is flushed per line (a flush
+per line is a syscall per request, too slow at 50k req/s). The stream's own
+buffer flushes when full, and the server calls ``flush()`` every
+``ACCESS_LOG_FLUSH_SECONDS`` and at exit, so a line shows up within about a
+second. On a terminal stdout is line-buffered anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any, Literal, TextIO
+
+from dsproxy.addr import Family
+from dsproxy.records import NullObserver, Observer, RequestRecord, TunnelRecord
+
+log = logging.getLogger("dsproxy.accesslog")
+
+AccessLogFormat = Literal["combined", "json"]
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+# nginx's ngx_http_log_escape (escape=default): '"', '\', bytes < 0x20 and >= 0x7f.
+_ESCAPE_TABLE = {c: f"\\x{c:02X}" for c in range(256) if c < 0x20 or c >= 0x7F or c in (0x22, 0x5C)}
+_JSON = json.JSONEncoder(ensure_ascii=True, check_circular=False, separators=(",", ":"))
+
+
+def escape(value: str) -> str:
+    """Escape ``value`` as nginx escapes variables in a log line (``\\xHH``).
+
+    The I/O layer decodes header bytes as latin-1, so one character is one
+    byte; any character beyond latin-1 is escaped byte by byte in UTF-8.
+    """
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return value
+    if not all(ch <= "\xff" for ch in value):
+        value = value.encode("utf-8").decode("latin-1")
+    return value.translate(_ESCAPE_TABLE)
+
+
+def _or_dash(value: str) -> str:
+    return escape(value) if value else "-"
+
+
+class _Clock:
+    """Formats log timestamps, reusing the text of the current second."""
+
+    __slots__ = ("_second", "_local", "_utc")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._local = ""
+        self._utc = ""
+
+    def _load(self, second: int) -> None:
+        local = time.localtime(second)
+        offset = local.tm_gmtoff // 60
+        sign = "+" if offset >= 0 else "-"
+        hours, minutes = divmod(abs(offset), 60)
+        self._local = (
+            f"{local.tm_mday:02d}/{_MONTHS[local.tm_mon - 1]}/{local.tm_year:04d}:"
+            f"{local.tm_hour:02d}:{local.tm_min:02d}:{local.tm_sec:02d} "
+            f"{sign}{hours:02d}{minutes:02d}"
+        )
+        self._utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        self._second = second
+
+    def local(self, t: float) -> str:
+        """nginx ``$time_local``: ``25/Nov/2026:07:55:01 +0000``."""
+        second = int(t)
+        if second != self._second:
+            self._load(second)
+        return self._local
+
+    def iso(self, t: float) -> str:
+        """ISO 8601 in UTC with milliseconds: ``2026-11-25T07:55:01.123Z``."""
+        second = int(t)
+        if second != self._second:
+            self._load(second)
+        millis = min(int((t - second) * 1000), 999)
+        return f"{self._utc}.{millis:03d}Z"
+
+
+def _request_line(method: str, target: str, http_version: str) -> str:
+    if not method:
+        return "-"
+    if http_version:
+        return f"{method} {target} HTTP/{http_version}"
+    return f"{method} {target}"
+
+
+class AccessLog:
+    """The access-log observer: writes a line per request and per WebSocket session."""
+
+    def __init__(self, fmt: AccessLogFormat, stream: TextIO | None = None) -> None:
+        if fmt not in ("combined", "json"):
+            raise ValueError(f"unknown access log format {fmt!r}")
+        self.fmt = fmt
+        # Looked up at construction, not at import: tests swap sys.stdout.
+        self.stream = stream if stream is not None else sys.stdout
+        self._clock = _Clock()
+        self._failed = False
+
+    # -- formatting (pure; also used by tests) ----------------------------------
+    def request_combined(self, r: RequestRecord) -> str:
+        return (
+            f"{r.client_ip} - - [{self._clock.local(r.start_time + r.duration)}] "
+            f'"{escape(_request_line(r.method, r.target, r.http_version))}" '
+            f'{r.status} {r.bytes_sent} "{_or_dash(r.referer)}" "{_or_dash(r.user_agent)}"'
+        )
+
+    def request_json(self, r: RequestRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self._clock.iso(r.start_time + r.duration),
+            "type": "http",
+            "client": r.client_ip,
+            "client_port": r.client_port,
+            "family": r.family,
+            "method": r.method,
+            "target": r.target,
+            "version": r.http_version,
+            "host": r.host,
+            "status": r.status,
+            "bytes_sent": r.bytes_sent,
+            "bytes_received": r.bytes_received,
+            "duration": round(r.duration, 6),
+            "upstream": r.upstream_addr,
+            "upstream_duration": (
+                round(r.upstream_duration, 6) if r.upstream_duration is not None else None
+            ),
+            "referer": r.referer,
+            "user_agent": r.user_agent,
+            "error": r.error,
+        }
+        return _JSON.encode(entry)
+
+    def tunnel_combined(self, r: TunnelRecord) -> str:
+        return (
+            f"{r.client_ip} - - [{self._clock.local(r.start_time + r.duration)}] "
+            f'"{escape(_request_line("GET", r.target, "1.1"))}" 101 {r.bytes_to_client} "-" "-"'
+        )
+
+    def tunnel_json(self, r: TunnelRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self._clock.iso(r.start_time + r.duration),
+            "type": "websocket",
+            "client": r.client_ip,
+            "client_port": r.client_port,
+            "family": r.family,
+            "method": "GET",
+            "target": r.target,
+            "host": r.host,
+            "status": 101,
+            "bytes_sent": r.bytes_to_client,
+            "bytes_received": r.bytes_from_client,
+            "duration": round(r.duration, 6),
+            "upstream": r.upstream_addr,
+            "close_reason": r.close_reason,
+        }
+        return _JSON.encode(entry)
+
+    # -- output ------------------------------------------------------------------
+    def _write(self, line: str) -> None:
+        try:
+            self.stream.write(line + "\n")
+        except Exception as exc:  # closed pipe, full disk: keep proxying
+            self._fault(exc)
+
+    def _fault(self, exc: Exception) -> None:
+        if not self._failed:
+            self._failed = True
+            log.warning("access log write failed (further failures not logged): %r", exc)
+
+    def flush(self) -> None:
+        """Push buffered lines out; the server calls this periodically and at exit."""
+        try:
+            self.stream.flush()
+        except Exception as exc:
+            self._fault(exc)
+
+    # -- Observer ----------------------------------------------------------------
+    def request_done(self, record: RequestRecord) -> None:
+        try:
+            json_format = self.fmt == "json"
+            line = self.request_json(record) if json_format else self.request_combined(record)
+        except Exception as exc:
+            self._fault(exc)
+            return
+        self._write(line)
+
+    def websocket_closed(self, record: TunnelRecord) -> None:
+        try:
+            json_format = self.fmt == "json"
+            line = self.tunnel_json(record) if json_format else self.tunnel_combined(record)
+        except Exception as exc:
+            self._fault(exc)
+            return
+        self._write(line)
+
+    def connection_opened(self, family: Family) -> None:
+        pass
+
+    def connection_closed(self, family: Family) -> None:
+        pass
+
+    def client_error(self, kind: str) -> None:
+        pass
+
+    def upstream_error(self, kind: str) -> None:
+        pass
+
+    def upstream_connected(self, seconds: float) -> None:
+        pass
+
+    def upstream_acquired(self, reused: bool) -> None:
+        pass
+
+    def pool_idle(self, count: int) -> None:
+        pass
+
+    def websocket_opened(self) -> None:
+        pass
+
+
+class FanOut:
+    """Forwards every event to several observers; one failing does not stop the others."""
+
+    def __init__(self, observers: Iterable[Observer]) -> None:
+        self.observers: tuple[Observer, ...] = tuple(
+            o
+            for o in observers
+            if type(o) is not NullObserver  # subclasses may do something
+        )
+
+    def connection_opened(self, family: Family) -> None:
+        for o in self.observers:
+            try:
+                o.connection_opened(family)
+            except Exception:
+                log.exception("observer %r failed", o)
+
+    def connection_closed(self, family: Family) -> None:
+        for o in self.observers:
+            try:
+                o.connection_closed(family)
+            except Exception:
+                log.exception("observer %r failed", o)
+
+    def request_done(self, record: RequestRecord) -> None:
+        for o in self.observers:
+            try:
+                o.request_done(record)
+            except Exception:
+                log.exception("observer %r failed", o)
+
+    def client_error(self, kind: str) -> None:
+        for o in self.observers:
+            try:
+                o.client_error(kind)
+            except Exception:
+                log.exception("observer %r failed", o)
+
+    def upstream_error(self, kind: str) -> None:
+        for o in self.observers:
+            try:
+                o.upstream_error(kind)
+            except Exception:
+                log.exception("observer %r failed", o)
+
+    def upstream_connected(self, seconds: float) -> None:
+        for o in self.observers:
+            try:
+                o.upstream_connected(seconds)
+            except Exception:
+                log.exception("observer %r failed", o)
+
+    def upstream_acquired(self, reused: bool) -> None:
+        for o in self.observers:
+            try:
+                o.upstream_acquired(reused)
+            except Exception:
+                log.exception("observer %r failed", o)
+
+    def pool_idle(self, count: int) -> None:
+        for o in self.observers:
+            try:
+                o.pool_idle(count)
+            except Exception:
+                log.exception("observer %r failed", o)
+
+    def websocket_opened(self) -> None:
+        for o in self.observers:
+            try:
+                o.websocket_opened()
+            except Exception:
+                log.exception("observer %r failed", o)
+
+    def websocket_closed(self, record: TunnelRecord) -> None:
+        for o in self.observers:
+            try:
+                o.websocket_closed(record)
+            except Exception:
+                log.exception("observer %r failed", o)
+
+
+def combine(observers: Iterable[Observer]) -> Observer:
+    """One observer for ``observers``: the only one itself, a ``FanOut``, or a NullObserver.
+
+    Saves the fan-out loop on the hot path when only metrics are on.
+    """
+    fan = FanOut(observers)
+    if not fan.observers:
+        return NullObserver()
+    if len(fan.observers) == 1:
+        return fan.observers[0]
+    return fan

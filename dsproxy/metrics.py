@@ -1,0 +1,312 @@
+"""Prometheus metrics: an ``Observer`` that counts what the I/O layer reports.
+
+Every metric lives in a registry owned by ``Metrics`` (never the global one),
+so tests read values with ``registry.get_sample_value``.
+
+Hot path: labelled children are resolved once and kept in dicts, so a request
+costs a dict lookup and an ``inc`` instead of a ``labels()`` call. Label values
+are bounded: ``code`` is the status as a string (``"0"`` when nothing could be
+sent, ``"other"`` outside 100..599), ``family`` is ipv4 | ipv6, and an unknown
+error kind is counted as ``"other"``.
+
+Several workers (``server.workers > 1``): the supervisor sets
+``PROMETHEUS_MULTIPROC_DIR`` to a fresh, empty directory in the environment of
+every worker *before it starts*. client_python reads that variable when it is
+first imported and from then on keeps every value in per-process mmap files in
+that directory. The supervisor (which serves the admin listener) scrapes a
+registry holding a ``MultiProcessCollector`` over the directory, so one scrape
+sees the whole process tree: counters and histograms are summed over all
+processes that ever lived (dead workers included, so totals never go
+backwards), and the ``*_active`` / pool gauges use ``livesum``, the sum over
+live processes. When a worker exits, the supervisor calls
+``mark_process_dead(pid)`` so its live gauge files are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from dsproxy.addr import Family
+from dsproxy.records import CLIENT_ERROR_KINDS, UPSTREAM_ERROR_KINDS, RequestRecord, TunnelRecord
+
+log = logging.getLogger("dsproxy.metrics")
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# A proxied request takes from well under a millisecond (loopback, pooled) to
+# the upstream read timeout (60 s by default).
+REQUEST_DURATION_BUCKETS_SECONDS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+# TCP connect (+ Happy Eyeballs) to the upstream: sub-millisecond in a cluster,
+# bounded by upstream.connect_timeout (5 s by default).
+CONNECT_DURATION_BUCKETS_SECONDS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# WebSocket sessions last from a second to hours (websocket.idle_timeout is 1 h).
+WEBSOCKET_DURATION_BUCKETS_SECONDS = (
+    1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
+)  # fmt: skip
+
+FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
+OTHER = "other"
+
+_Child = TypeVar("_Child", Counter, Gauge)
+
+
+def multiprocess_enabled() -> bool:
+    """True when client_python runs in multiprocess mode (the env var is set)."""
+    return bool(os.environ.get(MULTIPROC_DIR_ENV))
+
+
+def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
+    """A registry that collects the values of every process writing to ``path``.
+
+    ``path`` defaults to ``$PROMETHEUS_MULTIPROC_DIR``; raises ValueError when
+    neither names a directory.
+    """
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def metrics_registry_for_scrape(registry: CollectorRegistry) -> CollectorRegistry:
+    """The registry the admin listener should serve.
+
+    In multiprocess mode a process's own registry only holds its own values,
+    so scrape the shared directory instead; otherwise serve ``registry``.
+    """
+    if multiprocess_enabled():
+        return multiprocess_registry()
+    return registry
+
+
+def mark_process_dead(pid: int, path: str | None = None) -> None:
+    """Forget the live gauges of an exited worker (multiprocess mode only)."""
+    from prometheus_client import multiprocess
+
+    path = path or os.environ.get(MULTIPROC_DIR_ENV)
+    if not path:
+        return
+    multiprocess.mark_process_dead(pid, path=path)  # type: ignore[no-untyped-call]
+
+
+def _code_label(status: int) -> str:
+    if 100 <= status <= 599 or status == 0:
+        return str(status)
+    return OTHER
+
+
+def _family_label(family: str) -> str:
+    return family if family in FAMILIES else OTHER
+
+
+class Metrics:
+    """The Prometheus observer. Never raises: a failure is logged once and dropped."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        multiprocess = multiprocess_enabled()
+        if not multiprocess and registry is None:
+            # process_* (CPU, RSS, open fds); per-pid series make no sense when summed.
+            ProcessCollector(registry=reg)
+
+        self.requests_total = Counter(
+            "dsproxy_requests_total",
+            "Requests answered, by status sent to the client and client address family.",
+            ["code", "family"],
+            registry=reg,
+        )
+        self.request_duration = Histogram(
+            "dsproxy_request_duration_seconds",
+            "Time from a complete request head to the end of the response.",
+            buckets=REQUEST_DURATION_BUCKETS_SECONDS,
+            registry=reg,
+        )
+        self.connections_active = Gauge(
+            "dsproxy_connections_active",
+            "Open client connections (WebSocket tunnels included).",
+            ["family"],
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.connections_total = Counter(
+            "dsproxy_connections_total",
+            "Client connections accepted.",
+            ["family"],
+            registry=reg,
+        )
+        self.websocket_sessions_active = Gauge(
+            "dsproxy_websocket_sessions_active",
+            "WebSocket tunnels currently open.",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.websocket_sessions_total = Counter(
+            "dsproxy_websocket_sessions_total",
+            "WebSocket tunnels opened (101 Switching Protocols forwarded).",
+            registry=reg,
+        )
+        self.websocket_duration = Histogram(
+            "dsproxy_websocket_session_duration_seconds",
+            "Lifetime of finished WebSocket tunnels.",
+            buckets=WEBSOCKET_DURATION_BUCKETS_SECONDS,
+            registry=reg,
+        )
+        self.upstream_errors_total = Counter(
+            "dsproxy_upstream_errors_total",
+            "Upstream failures, by kind (connect, timeout, reset, protocol).",
+            ["kind"],
+            registry=reg,
+        )
+        self.client_errors_total = Counter(
+            "dsproxy_client_errors_total",
+            "Requests refused because of the client, by kind.",
+            ["kind"],
+            registry=reg,
+        )
+        self.upstream_connect_duration = Histogram(
+            "dsproxy_upstream_connect_duration_seconds",
+            "Time to open a new upstream connection.",
+            buckets=CONNECT_DURATION_BUCKETS_SECONDS,
+            registry=reg,
+        )
+        self.upstream_requests_total = Counter(
+            "dsproxy_upstream_requests_total",
+            "Upstream connections lent to a request; reused=true when it came from the pool.",
+            ["reused"],
+            registry=reg,
+        )
+        self.upstream_pool_idle = Gauge(
+            "dsproxy_upstream_pool_idle",
+            "Idle keep-alive upstream connections in the pool.",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.bytes_received_total = Counter(
+            "dsproxy_bytes_received_total",
+            "Body bytes read from clients (request bodies and WebSocket traffic).",
+            registry=reg,
+        )
+        self.bytes_sent_total = Counter(
+            "dsproxy_bytes_sent_total",
+            "Body bytes written to clients (response bodies and WebSocket traffic).",
+            registry=reg,
+        )
+
+        # Pre-resolved children. Every bounded label value exists from the
+        # start (so rate() sees the zero); request codes are added on first use.
+        self._requests: dict[tuple[int, str], Counter] = {}
+        self._conn_active: dict[str, Gauge] = {
+            f: self.connections_active.labels(f) for f in FAMILIES
+        }
+        self._conn_total: dict[str, Counter] = {
+            f: self.connections_total.labels(f) for f in FAMILIES
+        }
+        self._upstream_errors = {
+            k: self.upstream_errors_total.labels(k) for k in UPSTREAM_ERROR_KINDS
+        }
+        self._client_errors = {k: self.client_errors_total.labels(k) for k in CLIENT_ERROR_KINDS}
+        self._reused = self.upstream_requests_total.labels("true")
+        self._fresh = self.upstream_requests_total.labels("false")
+        self._failed = False
+
+    # -- helpers ---------------------------------------------------------------
+    def _fault(self, exc: Exception) -> None:
+        if not self._failed:  # once: an observer bug must not flood the log
+            self._failed = True
+            log.warning("metrics update failed (further failures not logged): %r", exc)
+
+    @staticmethod
+    def _resolve(cache: dict[str, _Child], key: str, labelled: Callable[[str], _Child]) -> _Child:
+        child = cache.get(key)
+        if child is None:
+            child = cache[key] = labelled(OTHER)
+        return child
+
+    # -- Observer --------------------------------------------------------------
+    def connection_opened(self, family: Family) -> None:
+        try:
+            self._resolve(self._conn_total, family, self.connections_total.labels).inc()
+            self._resolve(self._conn_active, family, self.connections_active.labels).inc()
+        except Exception as exc:
+            self._fault(exc)
+
+    def connection_closed(self, family: Family) -> None:
+        try:
+            self._resolve(self._conn_active, family, self.connections_active.labels).dec()
+        except Exception as exc:
+            self._fault(exc)
+
+    def request_done(self, record: RequestRecord) -> None:
+        try:
+            key = (record.status, record.family)
+            child = self._requests.get(key)
+            if child is None:
+                child = self._requests[key] = self.requests_total.labels(
+                    _code_label(record.status), _family_label(record.family)
+                )
+            child.inc()
+            self.request_duration.observe(record.duration)
+            if record.bytes_received > 0:
+                self.bytes_received_total.inc(record.bytes_received)
+            if record.bytes_sent > 0:
+                self.bytes_sent_total.inc(record.bytes_sent)
+        except Exception as exc:
+            self._fault(exc)
+
+    def client_error(self, kind: str) -> None:
+        try:
+            self._resolve(self._client_errors, kind, self.client_errors_total.labels).inc()
+        except Exception as exc:
+            self._fault(exc)
+
+    def upstream_error(self, kind: str) -> None:
+        try:
+            self._resolve(self._upstream_errors, kind, self.upstream_errors_total.labels).inc()
+        except Exception as exc:
+            self._fault(exc)
+
+    def upstream_connected(self, seconds: float) -> None:
+        try:
+            self.upstream_connect_duration.observe(seconds)
+        except Exception as exc:
+            self._fault(exc)
+
+    def upstream_acquired(self, reused: bool) -> None:
+        try:
+            (self._reused if reused else self._fresh).inc()
+        except Exception as exc:
+            self._fault(exc)
+
+    def pool_idle(self, count: int) -> None:
+        try:
+            self.upstream_pool_idle.set(count)
+        except Exception as exc:
+            self._fault(exc)
+
+    def websocket_opened(self) -> None:
+        try:
+            self.websocket_sessions_active.inc()
+            self.websocket_sessions_total.inc()
+        except Exception as exc:
+            self._fault(exc)
+
+    def websocket_closed(self, record: TunnelRecord) -> None:
+        try:
+            self.websocket_sessions_active.dec()
+            self.websocket_duration.observe(record.duration)
+            if record.bytes_from_client > 0:
+                self.bytes_received_total.inc(record.bytes_from_client)
+            if record.bytes_to_client > 0:
+                self.bytes_sent_total.inc(record.bytes_to_client)
+        except Exception as exc:
+            self._fault(exc)
