@@ -64,7 +64,7 @@ async def serve(
     reuse_port: bool | None = None,
 ) -> int:
     """Run one proxy process until it is told to stop; return the exit code."""
-    from dsproxy.accesslog import AccessLog, FanOut
+    from dsproxy.accesslog import AccessLog, combine
     from dsproxy.logsetup import configure_logging
     from dsproxy.metrics import Metrics, metrics_registry_for_scrape
 
@@ -73,7 +73,7 @@ async def serve(
     life = lifecycle or Lifecycle()
     metrics = Metrics()
     access = AccessLog(config.log.access) if config.log.access != "off" else None
-    observer = FanOut([metrics, access] if access is not None else [metrics])
+    observer = combine([metrics, access] if access is not None else [metrics])
     server = ProxyServer(config, observer, reuse_port=reuse_port)
     try:
         await server.start(listeners)

@@ -52,6 +52,7 @@ def combined(record: RequestRecord | TunnelRecord) -> str:
         log.request_done(record)
     else:
         log.websocket_closed(record)
+    log.flush()
     text = out.getvalue()
     assert text.endswith("\n")
     assert text.count("\n") == 1
@@ -65,6 +66,7 @@ def as_json(record: RequestRecord | TunnelRecord) -> dict[str, Any]:
         log.request_done(record)
     else:
         log.websocket_closed(record)
+    log.flush()
     text = out.getvalue()
     assert text.endswith("\n")
     assert text.count("\n") == 1
@@ -249,15 +251,36 @@ class CountingStream(io.StringIO):
         super().flush()
 
 
-def test_one_write_per_record_flush_on_request() -> None:
+def test_lines_are_batched_until_flush() -> None:
     out = CountingStream()
     log = AccessLog("combined", out)
     for _ in range(5):
         log.request_done(request())
-    assert out.getvalue().count("\n") == 5
+    assert out.getvalue() == ""
     assert out.flushes == 0
     log.flush()
+    assert out.getvalue().count("\n") == 5
     assert out.flushes == 1
+
+
+def test_batches_are_whole_lines_within_pipe_buf() -> None:
+    # Several workers share stdout: each write must be atomic (<= PIPE_BUF, whole lines).
+    read_fd, write_fd = os.pipe()
+    try:
+        with os.fdopen(write_fd, "w", closefd=False) as stream:
+            log = AccessLog("combined", stream)
+            for i in range(200):
+                log.request_done(request(target=f"/item/{i}"))
+            log.flush()
+        os.close(write_fd)
+        data = b""
+        while chunk := os.read(read_fd, 65536):
+            data += chunk
+    finally:
+        os.close(read_fd)
+    lines = data.decode().splitlines()
+    assert len(lines) == 200
+    assert all(f"/item/{i} " in line for i, line in enumerate(lines))
 
 
 def test_other_events_write_nothing() -> None:
