@@ -52,6 +52,7 @@ def _as_bytes(data: bytes | bytearray | memoryview) -> bytes:
 class H11ServerCodec(ServerCodec):
     def __init__(self, handler: RequestHandler, *, max_header_bytes: int) -> None:
         self._handler = handler
+        self._max_header_bytes = max_header_bytes
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
         self._switched = False
 
@@ -80,6 +81,17 @@ class H11ServerCodec(ServerCodec):
             raise ClientError(str(exc), status=exc.error_status_hint) from None
 
     def _head(self, event: h11.Request) -> RequestHead:
+        if event.http_version not in (b"1.1", b"1.0"):
+            # h11 takes any 1.x or 2.0 version line, the HTTP/2 preface included.
+            raise ClientError(f"unsupported HTTP version {event.http_version!r}", status=400)
+        raw = list(event.headers.raw_items())
+        # h11 bounds only a head that arrives in pieces; one that arrives whole
+        # must respect max_header_bytes too (line + fields, ": " and CRLFs).
+        size = len(event.method) + len(event.target) + 12
+        for name, value in raw:
+            size += len(name) + len(value) + 4
+        if size > self._max_header_bytes:
+            raise ClientError("request head too large", status=431, kind="header_too_large")
         normalised = list(event.headers)
         content_length, chunked, both = _framing(normalised)
         if both:
@@ -95,7 +107,7 @@ class H11ServerCodec(ServerCodec):
             method=event.method,
             target=event.target,
             version=event.http_version,
-            headers=list(event.headers.raw_items()),
+            headers=raw,
             keep_alive=event.http_version == b"1.1" and b"close" not in connection,
             content_length=content_length,
             chunked=chunked,

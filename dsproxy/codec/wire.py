@@ -1,0 +1,51 @@
+"""Hand-written HTTP/1.1 serialisation shared by the fast codecs.
+
+One bytes object per head: the status or request line, the header list
+verbatim (the forwarding layer already decided the framing headers), and the
+blank line. Body framing is RFC 9112 §7.1 chunked coding when asked for.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from dsproxy.codec.base import Headers
+
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def reason_for(status: int, reason: bytes) -> bytes:
+    """``reason`` or, when empty, the standard phrase (RFC 9112 §4 allows none)."""
+    return reason or _REASONS.get(status, b"")
+
+
+def _header_block(headers: Headers) -> bytes:
+    if not headers:
+        return b"\r\n"
+    return b"\r\n".join(map(b": ".join, headers)) + b"\r\n\r\n"
+
+
+def status_head(status: int, reason: bytes, headers: Headers) -> bytes:
+    """``HTTP/1.1 <status> <reason>`` + headers + blank line."""
+    return b"HTTP/1.1 %d %s\r\n%s" % (status, reason_for(status, reason), _header_block(headers))
+
+
+def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
+    """``<method> <target> HTTP/1.1`` + headers + blank line."""
+    return b"%s %s HTTP/1.1\r\n%s" % (method, target, _header_block(headers))
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk (RFC 9112 §7.1); empty data gives b"" since a 0-size chunk ends the body."""
+    if not data:
+        return b""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: Headers) -> bytes:
+    """The last chunk and the trailer section (RFC 9112 §7.1.2)."""
+    if not trailers:
+        return LAST_CHUNK
+    return b"0\r\n" + _header_block(trailers)
