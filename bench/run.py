@@ -1,0 +1,963 @@
+"""dsproxy vs nginx benchmark runner (loopback only).
+
+Starts the upstreams and the contenders on free loopback ports, runs the selected
+suites, stops everything it started, and writes a markdown report to
+``bench/results/<timestamp>.md`` (also printed). See ``bench/README.md``.
+
+Contenders (each one worker, listening on ``[::]:P`` dual-stack, access log off):
+
+* A  nginx with the seed config from DESIGN.md (map ``'' close``: one upstream
+     connection per request)
+* B  nginx tuned: ``upstream { keepalive 64; }`` and ``'' ""`` (keep-alive upstream)
+* C  dsproxy ``--parser auto`` (httptools when installed)
+* D  dsproxy ``--parser h11``
+
+Suites: ``http`` (wrk small GET), ``ws`` (WebSocket round trips), ``stream``
+(1 GB upload and download, MB/s and peak RSS), ``idle`` (idle WebSocket sessions,
+KiB per session), ``workers`` (dsproxy --workers 1 vs 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ALL_SUITES = ("http", "ws", "stream", "idle", "workers")
+LABELS = {
+    "A": "A nginx seed ('' close)",
+    "B": "B nginx tuned (keepalive 64)",
+    "C": "C dsproxy --parser auto",
+    "D": "D dsproxy --parser h11",
+    "direct": "direct to upstream (ceiling)",
+    "W1": "dsproxy auto --workers 1",
+    "W2": "dsproxy auto --workers 2",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def process_tree(root: int) -> list[int]:
+    kids = children_map()
+    out: list[int] = []
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(kids.get(pid, []))
+    return out
+
+
+def traffic_pids(root: int) -> list[int]:
+    """The processes that carry traffic: the leaves of the tree (nginx workers,
+    dsproxy workers, or the single process when there is no supervisor)."""
+    kids = children_map()
+    tree = process_tree(root)
+    return [p for p in tree if not kids.get(p)]
+
+
+def status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def reset_hwm(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    logfile: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def traffic(self) -> list[int]:
+        return traffic_pids(self.pid)
+
+    def rss_kib(self) -> int:
+        return sum(status_kib(p, "VmRSS") for p in self.traffic())
+
+    def hwm_kib(self) -> int:
+        return sum(status_kib(p, "VmHWM") for p in self.traffic())
+
+    def reset_hwm(self) -> None:
+        for p in self.traffic():
+            reset_hwm(p)
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p) for p in process_tree(self.pid))
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        tree = process_tree(self.pid)
+        # SIGTERM; a second SIGTERM makes dsproxy skip its drain delay (shutdown.delay)
+        for wait in (1.0, 5.0):
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=wait)
+            if not self.alive():
+                break
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=3)
+
+
+def free_port() -> int:
+    """A port free on both [::] and 0.0.0.0 (dual-stack bind succeeds)."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def http_ok(port: int, host: str = "127.0.0.1", path: str = "/") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+            data = s.recv(256)
+            return data.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="dsproxy-bench-"))
+        self.tmp.chmod(0o755)  # nginx workers run as an unprivileged user
+        self.procs: list[Proc] = []
+        self.notes: list[str] = []
+
+    # ---- process management
+    def spawn(self, name: str, cmd: Sequence[str], *, env: dict[str, str] | None = None) -> Proc:
+        logfile = self.tmp / f"{name}.log"
+        fh = logfile.open("wb")
+        popen = subprocess.Popen(
+            list(cmd), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=REPO, env=env,
+        )
+        fh.close()
+        proc = Proc(name, popen, logfile)
+        self.procs.append(proc)
+        return proc
+
+    def wait_ready(self, proc: Proc, port: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n"
+                                   f"{proc.log_tail()}")
+            if http_ok(port):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{proc.name} not ready on port {port}:\n{proc.log_tail()}")
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+        if not self.args.keep_tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ---- nginx
+    def nginx_conf(self, name: str, body: str) -> Path:
+        d = self.tmp / name
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+            (d / sub).chmod(0o777)  # writable by the nginx worker user
+        conf = d / "nginx.conf"
+        conf.write_text(
+            f"""worker_processes 1;
+worker_rlimit_nofile 65536;
+error_log {d}/logs/error.log warn;
+events {{ worker_connections 30000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/client_body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+{body}
+}}
+"""
+        )
+        return conf
+
+    def start_nginx(self, name: str, body: str, port: int) -> Proc:
+        conf = self.nginx_conf(name, body)
+        d = conf.parent
+        cmd = ["nginx", "-p", str(d), "-c", str(conf), "-e", str(d / "logs/error.log"),
+               "-g", f"daemon off; pid {d}/nginx.pid;"]
+        proc = self.spawn(name, cmd)
+        self.wait_ready(proc, port)
+        return proc
+
+    def start_upstream_nginx(self) -> tuple[Proc, int]:
+        port = free_port()
+        body = f"""  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  sendfile on;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location = /big.bin {{ root {self.tmp}; default_type application/octet-stream; }}
+    location / {{ default_type text/plain; return 200 "ok"; }}
+  }}"""
+        return self.start_nginx("upstream-nginx", body, port), port
+
+    def start_rawup(self) -> tuple[Proc, int]:
+        port = free_port()
+        proc = self.spawn("upstream-raw", [sys.executable, str(BENCH_DIR / "rawup.py"),
+                                           "--port", str(port)])
+        self.wait_ready(proc, port)
+        return proc, port
+
+    def start_contender(self, key: str, upstream_port: int, tag: str) -> tuple[Proc, int]:
+        port = free_port()
+        name = f"{key}-{tag}"
+        if key == "A":
+            body = f"""  client_max_body_size 0;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen [::]:{port} ipv6only=off backlog=4096;
+    location / {{
+      proxy_pass http://127.0.0.1:{upstream_port};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+    }}
+  }}"""
+            return self.start_nginx(name, body, port), port
+        if key == "B":
+            body = f"""  client_max_body_size 0;
+  upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ""; }}
+  server {{
+    listen [::]:{port} ipv6only=off backlog=4096;
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+    }}
+  }}"""
+            return self.start_nginx(name, body, port), port
+        parser, workers = {"C": ("auto", 1), "D": ("h11", 1), "W1": ("auto", 1),
+                           "W2": ("auto", 2)}[key]
+        cmd = dsproxy_cmd(port, upstream_port, parser, workers)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        proc = self.spawn(name, cmd, env=env)
+        self.wait_ready(proc, port)
+        return proc, port
+
+
+def dsproxy_cmd(port: int, upstream_port: int, parser: str, workers: int) -> list[str]:
+    return [sys.executable, "-m", "dsproxy", "run", "--listen", f"[::]:{port}",
+            "--upstream", f"http://127.0.0.1:{upstream_port}", "--admin", "off",
+            "--access-log", "off", "--parser", parser, "--workers", str(workers),
+            "--log-level", "warning"]
+
+
+def dsproxy_runnable() -> tuple[bool, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        r = subprocess.run([sys.executable, "-m", "dsproxy", "run", "--help"], cwd=REPO,
+                           env=env, capture_output=True, timeout=30, text=True)
+    except subprocess.TimeoutExpired:
+        return False, "python -m dsproxy run --help timed out"
+    if r.returncode != 0:
+        return False, (r.stderr or r.stdout).strip().splitlines()[-1:][0] if (
+            r.stderr or r.stdout).strip() else f"exit {r.returncode}"
+    return True, ""
+
+
+# --------------------------------------------------------------------------- clients
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def parse_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        raise ValueError(f"bad wrk duration {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    errors: str
+    cpu_us_per_req: float = 0.0
+
+
+def run_wrk(url: str, duration: float, conns: int, threads: int,
+            proc: Proc | None) -> WrkResult:
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency",
+           url]
+    cpu0 = proc.cpu() if proc else 0.0
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    cpu1 = proc.cpu() if proc else 0.0
+    out = r.stdout
+    if r.returncode != 0 or "Requests/sec" not in out:
+        raise RuntimeError(f"wrk failed: {r.stdout}\n{r.stderr}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errs = []
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errs.append(f"non-2xx {m.group(1)}")
+    m = re.search(r"Socket errors: (.*)", out)
+    if m:
+        errs.append("socket " + m.group(1).strip())
+    res = WrkResult(rps, reqs, parse_ms(lat["50"]), parse_ms(lat["99"]), "; ".join(errs))
+    if proc and reqs:
+        res.cpu_us_per_req = (cpu1 - cpu0) / reqs * 1e6
+    return res
+
+
+def run_wsload_rt(port: int, duration: float, conns: int, procs: int,
+                  proxy: Proc | None) -> tuple[float, float, int]:
+    """(round trips/s, proxy CPU µs per round trip, failed sessions)."""
+    per = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
+    cmds = [[sys.executable, str(BENCH_DIR / "wsload.py"), "rt", "--port", str(port),
+             "--conns", str(n), "--duration", str(duration)] for n in per if n]
+    cpu0 = proxy.cpu() if proxy else 0.0
+    ps = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for c in cmds]
+    rate = 0.0
+    total = 0
+    failed = 0
+    for p in ps:
+        try:
+            out, err = p.communicate(timeout=duration + 60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"wsload failed: {out}\n{err[-2000:]}")
+        d = json.loads(lines[-1])
+        rate += float(d["rate"])
+        total += int(d["roundtrips"])
+        failed += int(d["failed"])
+    cpu1 = proxy.cpu() if proxy else 0.0
+    cpu_us = (cpu1 - cpu0) / total * 1e6 if proxy and total else 0.0
+    return rate, cpu_us, failed
+
+
+def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before the response head: {buf[:200]!r}")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if 100 <= status < 200:  # interim response: read the final one
+        status, headers, rest2 = _read_head_from(sock, rest)
+        return status, headers, rest2
+    return status, headers, rest
+
+
+def _read_head_from(sock: socket.socket, pending: bytes) -> tuple[int, dict[str, str], bytes]:
+    class _Pre:
+        def __init__(self) -> None:
+            self.pending = pending
+
+        def recv(self, n: int) -> bytes:
+            if self.pending:
+                out, self.pending = self.pending, b""
+                return out
+            return sock.recv(n)
+
+    return _read_head(_Pre())  # type: ignore[arg-type]
+
+
+def stream_transfer(port: int, direction: str, nbytes: int,
+                    timeout: float) -> tuple[float, int, str]:
+    """(MB/s, body bytes moved, status) for one upload or download through ``port``.
+
+    A plain blocking-socket client: uploads send ``nbytes`` zeros in 1 MiB pieces with
+    Content-Length (a generator, no file); downloads ``recv_into`` a reused buffer. It
+    moves several GB/s on loopback, well above curl's ~1.2 GB/s."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        t0 = time.perf_counter()
+        if direction == "upload":
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: bench\r\n"
+                         b"Content-Type: application/octet-stream\r\n"
+                         b"Content-Length: %d\r\n\r\n" % nbytes)
+            piece = memoryview(bytes(1 << 20))
+            left = nbytes
+            while left:
+                n = min(left, len(piece))
+                sock.sendall(piece[:n])
+                left -= n
+            status, headers, body = _read_head(sock)
+            want = int(headers.get("content-length", "0"))
+            while len(body) < want:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+            elapsed = time.perf_counter() - t0
+            got = body.decode(errors="replace").strip()
+            code = str(status)
+            if got != str(nbytes):
+                code += f" (upstream answered {' '.join(got.split())[:60]!r})"
+            return nbytes / elapsed / 1e6, nbytes if got == str(nbytes) else 0, code
+        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: bench\r\n\r\n")
+        status, headers, body = _read_head(sock)
+        want = int(headers.get("content-length", "-1"))
+        got = len(body)
+        buf = bytearray(1 << 20)
+        while got < want:
+            n = sock.recv_into(buf)
+            if not n:
+                break
+            got += n
+        elapsed = time.perf_counter() - t0
+        return got / elapsed / 1e6, got, str(status)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class Report:
+    sections: list[str] = field(default_factory=list)
+
+    def table(self, title: str, header: Sequence[str], rows: Sequence[Sequence[str]],
+              notes: Sequence[str] = ()) -> None:
+        lines = [f"## {title}", "", "| " + " | ".join(header) + " |",
+                 "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        if notes:
+            lines.append("")
+            lines += [f"- {n}" for n in notes]
+        self.sections.append("\n".join(lines))
+        print("\n" + self.sections[-1] + "\n", file=sys.stderr, flush=True)
+
+
+def fmt(x: float, digits: int = 0) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def ratio(x: float, base: float | None) -> str:
+    return f"{x / base:.2f}" if base else "-"
+
+
+def machine_info() -> list[str]:
+    def cmd_out(cmd: list[str]) -> str:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except (OSError, subprocess.TimeoutExpired, IndexError):
+            return "?"
+
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with contextlib.suppress(OSError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.1f} GiB"
+    versions = []
+    for mod in ("uvloop", "httptools", "h11"):
+        try:
+            m = __import__(mod)
+            versions.append(f"{mod} {getattr(m, '__version__', '?')}")
+        except ImportError:
+            versions.append(f"{mod} (not installed)")
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return [
+        f"CPUs (nproc): {os.cpu_count()}; CPU: {model}; RAM: {mem}; "
+        f"load average at start: {load}",
+        f"kernel: {platform.release()}; Python {platform.python_version()}; "
+        + ", ".join(versions),
+        f"{cmd_out(['nginx', '-v'])}; {cmd_out(['wrk', '-v'])}; {cmd_out(['curl', '--version'])}",
+    ]
+
+
+# --------------------------------------------------------------------------- suites
+
+
+def interleave(keys: Sequence[str], rounds: int) -> Iterator[tuple[int, str]]:
+    for r in range(rounds):
+        for k in keys:
+            yield r, k
+
+
+def suite_http(b: Bench, rep: Report, cont: dict[str, tuple[Proc, int]]) -> None:
+    a = b.args
+    keys = list(cont)
+    for k in keys:  # warm up (pools, caches)
+        run_wrk(f"http://127.0.0.1:{cont[k][1]}/", 1, a.conns, 1, None)
+    res: dict[str, list[WrkResult]] = {k: [] for k in keys}
+    for r, k in interleave(keys, a.rounds):
+        proc, port = cont[k]
+        w = run_wrk(f"http://127.0.0.1:{port}/", a.duration, a.conns, 1, proc)
+        res[k].append(w)
+        log(f"http round {r + 1} {k}: {w.rps:.0f} req/s p50 {w.p50_ms:.2f} ms "
+            f"p99 {w.p99_ms:.2f} ms cpu {w.cpu_us_per_req:.1f} us/req {w.errors}")
+    v6: dict[str, WrkResult] = {}
+    for k in keys:
+        proc, port = cont[k]
+        v6[k] = run_wrk(f"http://[::1]:{port}/", min(a.duration, 5), a.conns, 1, proc)
+        log(f"http [::1] {k}: {v6[k].rps:.0f} req/s {v6[k].errors}")
+    med = {k: statistics.median(x.rps for x in res[k]) for k in keys}
+    base = med.get("B")
+    rows = []
+    for k in keys:
+        errs = "; ".join(sorted({x.errors for x in res[k] + [v6[k]] if x.errors})) or "0"
+        rows.append([
+            LABELS[k], fmt(med[k]), ratio(med[k], base),
+            fmt(statistics.median(x.p50_ms for x in res[k]), 2),
+            fmt(statistics.median(x.p99_ms for x in res[k]), 2),
+            fmt(statistics.median(x.cpu_us_per_req for x in res[k]), 1),
+            fmt(v6[k].rps), errs,
+        ])
+    rep.table(
+        f"Small GET through the proxy (wrk -t1 -c{a.conns} -d{a.duration:g}s, "
+        f"median of {a.rounds} interleaved rounds)",
+        ["contender", "req/s", "vs B", "p50 ms", "p99 ms", "proxy CPU µs/req",
+         "req/s via [::1]", "errors"],
+        rows,
+        ["upstream: nginx `return 200 \"ok\"` (1 worker); client, proxy and upstream share "
+         "the machine's CPUs",
+         "proxy CPU µs/req = (utime+stime of the proxy's processes) / requests; "
+         "1e6 / that = req/s one core could do",
+         "[::1] column: one run per contender against the same dual-stack socket over IPv6"],
+    )
+
+
+def suite_workers(b: Bench, rep: Report, upstream_port: int) -> None:
+    a = b.args
+    cont = {}
+    for k in ("W1", "W2"):
+        cont[k] = b.start_contender(k, upstream_port, "workers")
+    try:
+        for k in cont:
+            run_wrk(f"http://127.0.0.1:{cont[k][1]}/", 1, a.conns, 1, None)
+        res: dict[str, list[WrkResult]] = {k: [] for k in cont}
+        for r, k in interleave(list(cont), a.rounds):
+            proc, port = cont[k]
+            w = run_wrk(f"http://127.0.0.1:{port}/", a.duration, a.conns, a.wrk_threads, proc)
+            res[k].append(w)
+            log(f"workers round {r + 1} {k}: {w.rps:.0f} req/s {w.errors}")
+        base = statistics.median(x.rps for x in res["W1"])
+        rows = []
+        for k in cont:
+            m = statistics.median(x.rps for x in res[k])
+            rows.append([LABELS[k], fmt(m), ratio(m, base),
+                         fmt(statistics.median(x.p50_ms for x in res[k]), 2),
+                         fmt(statistics.median(x.p99_ms for x in res[k]), 2),
+                         "; ".join(sorted({x.errors for x in res[k] if x.errors})) or "0"])
+        rep.table(
+            f"dsproxy workers scaling (wrk -t{a.wrk_threads} -c{a.conns} -d{a.duration:g}s, "
+            f"median of {a.rounds})",
+            ["contender", "req/s", "vs 1 worker", "p50 ms", "p99 ms", "errors"], rows,
+            [f"the machine has {os.cpu_count()} CPUs shared by wrk, the upstream nginx and "
+             "the proxy workers, so 2 workers cannot double"],
+        )
+    finally:
+        for proc, _ in cont.values():
+            b.stop(proc)
+
+
+def suite_ws(b: Bench, rep: Report, cont: dict[str, tuple[Proc, int]], up_port: int) -> None:
+    a = b.args
+    targets: dict[str, tuple[Proc | None, int]] = {"direct": (None, up_port)}
+    targets.update(cont)
+    keys = list(targets)
+    for k in keys:
+        run_wsload_rt(targets[k][1], 1, a.ws_conns, a.ws_procs, None)
+    res: dict[str, list[tuple[float, float, int]]] = {k: [] for k in keys}
+    for r, k in interleave(keys, a.rounds):
+        proc, port = targets[k]
+        x = run_wsload_rt(port, a.duration, a.ws_conns, a.ws_procs, proc)
+        res[k].append(x)
+        log(f"ws round {r + 1} {k}: {x[0]:.0f} rt/s cpu {x[1]:.1f} us/rt failed {x[2]}")
+    med = {k: statistics.median(x[0] for x in res[k]) for k in keys}
+    base = med.get("B")
+    rows = []
+    for k in keys:
+        cpu = statistics.median(x[1] for x in res[k])
+        rows.append([LABELS[k], fmt(med[k]), ratio(med[k], base),
+                     fmt(cpu, 1) if k != "direct" else "-",
+                     str(max(x[2] for x in res[k]))])
+    rep.table(
+        f"WebSocket round trips ({a.ws_conns} sessions, 16-byte masked frames, "
+        f"{a.duration:g}s, median of {a.rounds})",
+        ["contender", "round trips/s", "vs B", "proxy CPU µs/rt", "failed sessions"],
+        rows,
+        ["upstream: raw asyncio echo (101 then echo bytes); client: bench/wsload.py "
+         f"({a.ws_procs} process(es), uvloop, no frame parsing)",
+         "the ceiling row is client -> upstream with no proxy; a proxy row near it means the "
+         "client/upstream, not the proxy, is the limit"],
+    )
+
+
+def suite_stream(b: Bench, rep: Report, down: dict[str, tuple[Proc, int]], down_up: int,
+                 up: dict[str, tuple[Proc, int]], up_up: int) -> None:
+    a = b.args
+    rows = []
+    timeout = max(120.0, a.stream_mb / 10)
+    # warm up: the first read of the sparse file fills the page cache (slow, not measured)
+    stream_transfer(down_up, "download", a.stream_mb * 1024 * 1024, timeout)
+    for k in ["direct", *down]:
+        results = []
+        for direction in ("download", "upload"):
+            if k == "direct":
+                proc: Proc | None = None
+                port = down_up if direction == "download" else up_up
+            else:
+                proc, port = (down if direction == "download" else up)[k]
+            if proc:
+                proc.reset_hwm()
+                base_rss = proc.rss_kib()
+            speeds = []
+            code = ""
+            for _ in range(a.stream_rounds):
+                mbs, nbytes, code = stream_transfer(port, direction,
+                                                    a.stream_mb * 1024 * 1024, timeout)
+                speeds.append(mbs)
+                if nbytes != a.stream_mb * 1024 * 1024 or not code.startswith("200"):
+                    code += f" ({nbytes} bytes)"
+            hwm = proc.hwm_kib() if proc else 0
+            results.append((statistics.median(speeds), hwm, base_rss if proc else 0, code))
+            log(f"stream {direction} {k}: {statistics.median(speeds):.0f} MB/s "
+                f"peak RSS {hwm / 1024:.1f} MiB code {code}")
+        (dmbs, dhwm, drss, dcode), (umbs, uhwm, urss, ucode) = results
+        status = "ok" if dcode == "200" and ucode == "200" else f"down {dcode}; up {ucode}"
+        rows.append([LABELS[k], fmt(dmbs), fmt(dhwm / 1024, 1) if k != "direct" else "-",
+                     fmt(umbs), fmt(uhwm / 1024, 1) if k != "direct" else "-", status])
+    mb = a.stream_mb
+    rep.table(
+        f"Streaming {mb} MiB through the proxy ({a.stream_rounds} run(s) each)",
+        ["contender", "download MB/s", "peak RSS MiB (down)", "upload MB/s",
+         "peak RSS MiB (up)", "status"],
+        rows,
+        ["download: GET of a sparse file served by the upstream nginx (sendfile); upload: "
+         "POST with Content-Length of zeros from a generator to the raw upstream, which "
+         "discards the body and answers the byte count (checked); client: a blocking-socket "
+         "loop in bench/run.py; MB = 10^6 bytes",
+         "peak RSS = VmHWM of the proxy's traffic process(es) (nginx: the worker), reset "
+         "before each transfer via /proc/PID/clear_refs",
+         "nginx A/B keep nginx's default proxy_request_buffering / proxy_buffering on: "
+         "the upload is spooled to a temp file before it is sent upstream; "
+         "client_max_body_size 0 is added so the upload is accepted"],
+    )
+
+
+def suite_idle(b: Bench, rep: Report, cont: dict[str, tuple[Proc, int]]) -> None:
+    a = b.args
+    rows = []
+    for k, (proc, port) in cont.items():
+        time.sleep(0.5)
+        before = proc.rss_kib()
+        cmd = [sys.executable, str(BENCH_DIR / "wsload.py"), "idle", "--port", str(port),
+               "--sessions", str(a.idle_sessions), "--concurrency", "100", "--hold", "300"]
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        assert p.stdin is not None
+        assert p.stdout is not None
+        opened = failed = 0
+        try:
+            line = read_line(p.stdout, 240)
+            m = re.match(r"READY (\d+) (\d+)", line)
+            if not m:
+                raise RuntimeError(f"wsload idle: {line!r}")
+            opened, failed = int(m.group(1)), int(m.group(2))
+            time.sleep(2)
+            after = proc.rss_kib()
+            p.stdin.write("\n")
+            p.stdin.flush()
+            done = read_line(p.stdout, 60)
+        finally:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=30)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        alive = done.split()[1] if done.startswith("DONE") else "?"
+        per = (after - before) / opened if opened else 0.0
+        log(f"idle {k}: {opened} open, {failed} failed, {alive} alive at end, "
+            f"RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB, {per:.1f} KiB/session")
+        rows.append([LABELS[k], str(opened), str(failed), alive, fmt(before / 1024, 1),
+                     fmt(after / 1024, 1), fmt(per, 1)])
+    rep.table(
+        f"Idle WebSocket sessions ({a.idle_sessions} opened through each proxy)",
+        ["contender", "open", "failed", "alive at end", "RSS before MiB", "RSS after MiB",
+         "KiB / session"],
+        rows,
+        ["RSS = VmRSS of the proxy's traffic process(es), 2 s after the last session opened; "
+         "each session is a client connection plus an upstream connection"],
+    )
+
+
+def read_line(stream: TextIO, timeout: float) -> str:
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(stream, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout):
+            raise RuntimeError("timed out waiting for wsload")
+        return stream.readline().strip()
+    finally:
+        sel.close()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="dsproxy vs nginx benchmarks (loopback only)")
+    p.add_argument("--suites", default=",".join(ALL_SUITES),
+                   help=f"comma list of {','.join(ALL_SUITES)}")
+    p.add_argument("--contenders", default="A,B,C,D", help="comma list of A,B,C,D")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
+    p.add_argument("--quick", action="store_true",
+                   help="duration 3, 1 round, 256 MiB streams, 1000 idle sessions")
+    p.add_argument("--conns", type=int, default=50, help="wrk connections")
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (workers suite)")
+    p.add_argument("--ws-conns", type=int, default=50)
+    p.add_argument("--ws-procs", type=int, default=1, help="wsload client processes")
+    p.add_argument("--stream-mb", type=int, default=1024, help="MiB per streaming transfer")
+    p.add_argument("--stream-rounds", type=int, default=1)
+    p.add_argument("--idle-sessions", type=int, default=5000)
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, confs)")
+    p.add_argument("--out", default=str(BENCH_DIR / "results"), help="results directory")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.rounds = 3.0, 1
+        args.stream_mb, args.idle_sessions = 256, 1000
+    args.suite_list = [s for s in args.suites.split(",") if s]
+    bad = set(args.suite_list) - set(ALL_SUITES)
+    if bad:
+        p.error(f"unknown suites: {sorted(bad)}")
+    args.contender_list = [c for c in args.contenders.split(",") if c]
+    if set(args.contender_list) - {"A", "B", "C", "D"}:
+        p.error("contenders are A,B,C,D")
+    return args
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for want in (65536, hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+            return want
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("nginx", "wrk", "curl"):
+        if shutil.which(tool) is None:
+            print(f"missing {tool}: run bench/run.sh (installs it as root) or "
+                  "`apt-get install -y nginx wrk curl`", file=sys.stderr)
+            return 2
+    nofile = raise_nofile()
+    if "idle" in args.suite_list and nofile < 4 * args.idle_sessions:
+        log(f"RLIMIT_NOFILE {nofile} is low for {args.idle_sessions} idle sessions")
+
+    contenders = list(args.contender_list)
+    notes: list[str] = []
+    if any(c in contenders for c in "CD") or "workers" in args.suite_list:
+        ok, why = dsproxy_runnable()
+        if not ok:
+            notes.append(f"dsproxy is not runnable (`python -m dsproxy run --help`: {why}); "
+                         "dsproxy rows and the workers suite were skipped")
+            log(notes[-1])
+            contenders = [c for c in contenders if c not in "CD"]
+            args.suite_list = [s for s in args.suite_list if s != "workers"]
+
+    b = Bench(args)
+    rep = Report()
+    started = dt.datetime.now()
+    machine = machine_info()
+    if os.getloadavg()[0] > 0.5:
+        notes.append(f"the machine was busy before the run (load average "
+                     f"{os.getloadavg()[0]:.2f}): other processes compete for the CPUs")
+        log(notes[-1])
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    failures: list[str] = []
+    try:
+        suites = args.suite_list
+        if {"http", "stream", "workers"} & set(suites):
+            if "stream" in suites:
+                with (b.tmp / "big.bin").open("wb") as f:
+                    f.truncate(args.stream_mb * 1024 * 1024)
+            _, nup = b.start_upstream_nginx()
+            log(f"upstream nginx on 127.0.0.1:{nup}")
+            cont_n = start_set(b, contenders, nup, "nginxup")
+            run_suite(failures, "http", suites,
+                      lambda: suite_http(b, rep, cont_n))
+            run_suite(failures, "workers", suites,
+                      lambda: suite_workers(b, rep, nup))
+        else:
+            cont_n, nup = {}, 0
+        if {"ws", "stream", "idle"} & set(suites):
+            _, rup = b.start_rawup()
+            log(f"raw upstream on 127.0.0.1:{rup}")
+            cont_r = start_set(b, contenders, rup, "rawup")
+            run_suite(failures, "ws", suites, lambda: suite_ws(b, rep, cont_r, rup))
+            run_suite(failures, "stream", suites,
+                      lambda: suite_stream(b, rep, cont_n, nup, cont_r, rup))
+            run_suite(failures, "idle", suites, lambda: suite_idle(b, rep, cont_r))
+    except KeyboardInterrupt:
+        failures.append("interrupted")
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        failures.append(f"setup: {exc}")
+        log(f"FAILED: {exc}")
+    finally:
+        b.cleanup()
+
+    header = [
+        f"# dsproxy bench — {started:%Y-%m-%d %H:%M:%S}",
+        "",
+        f"command: `{shlex.join(['bash', 'bench/run.sh', *(argv or sys.argv[1:])])}`",
+        "",
+        *[f"- {line}" for line in machine],
+        *[f"- note: {n}" for n in notes],
+        *[f"- FAILED: {f}" for f in failures],
+    ]
+    text = "\n".join(header) + "\n\n" + "\n\n".join(rep.sections) + "\n"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{started:%Y%m%d-%H%M%S}.md"
+    path.write_text(text)
+    print(text)
+    log(f"written {path}")
+    return 1 if failures else 0
+
+
+def start_set(b: Bench, keys: Sequence[str], upstream_port: int,
+              tag: str) -> dict[str, tuple[Proc, int]]:
+    out = {}
+    for k in keys:
+        out[k] = b.start_contender(k, upstream_port, tag)
+        log(f"{LABELS[k]} on [::]:{out[k][1]} -> 127.0.0.1:{upstream_port}")
+    return out
+
+
+def run_suite(failures: list[str], name: str, selected: Sequence[str],
+              fn: Callable[[], None]) -> None:
+    if name not in selected:
+        return
+    log(f"suite {name}")
+    try:
+        fn()
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        failures.append(f"{name}: {exc}")
+        log(f"suite {name} FAILED: {exc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

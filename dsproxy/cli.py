@@ -1,0 +1,189 @@
+"""The ``dsproxy`` command line (DESIGN.md "Command line"; scripts and tests rely on it).
+
+::
+
+    dsproxy run   [-c FILE] [--listen ADDR]... [--upstream URL] [--admin ADDR|off]
+                  [--workers N|auto] [--parser auto|h11|httptools]
+                  [--access-log combined|json|off] [--log-level LEVEL]
+    dsproxy check -c FILE
+    dsproxy demo  [--listen ADDR]
+    dsproxy probe URL [--ws PATH] [--timeout SECONDS]
+
+Flags default to None ("not given") so they override only what was typed; the
+values are checked by ``dsproxy.config`` with the file's rules and key names.
+This is the only module that turns errors into exit codes: 0 ok, 2 bad input
+(argparse's convention); ``run``, ``demo`` and ``probe`` return their own codes.
+The modules behind ``run``/``demo``/``probe`` are imported only when used, so
+``check`` and ``--help`` stay fast and work without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dsproxy import __version__
+from dsproxy.addr import HostPort, parse_hostport
+from dsproxy.config import (
+    ACCESS_LOG_FORMATS,
+    LOG_LEVELS,
+    PARSER_NAMES,
+    apply_overrides,
+    check_file,
+    load_config,
+    validate,
+)
+from dsproxy.errors import ConfigError
+
+EXIT_USAGE = 2  # bad command line or bad configuration
+DEFAULT_PROBE_TIMEOUT_SECONDS = 5.0
+
+
+def _listen_address(text: str) -> HostPort:
+    try:
+        return parse_hostport(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree; every flag defaults to None (= not given)."""
+    parser = argparse.ArgumentParser(
+        prog="dsproxy",
+        description="Dual-stack (IPv4 + IPv6) HTTP/1.1 and WebSocket reverse proxy.",
+    )
+    parser.add_argument("--version", action="version", version=f"dsproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the proxy",
+        description="Run the proxy. Flags override the file; the file overrides defaults.",
+    )
+    run.add_argument("-c", "--config", type=Path, metavar="FILE", help="TOML config file")
+    run.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR",
+        help="[v6addr]:port or v4addr:port; repeat for several (replaces server.listen)",
+    )
+    run.add_argument("--upstream", metavar="URL", help="http://host:port (upstream.url)")
+    run.add_argument("--admin", metavar="ADDR|off", help="admin listener (admin.listen)")
+    run.add_argument("--workers", metavar="N|auto", help="processes (server.workers)")
+    run.add_argument("--parser", metavar="|".join(PARSER_NAMES), help="server.parser")
+    run.add_argument("--access-log", metavar="|".join(ACCESS_LOG_FORMATS), help="log.access")
+    run.add_argument("--log-level", metavar="LEVEL", help=f"{', '.join(LOG_LEVELS)} (log.level)")
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser(
+        "check",
+        help="validate a config file",
+        description='Validate a config file: exit 0 ("FILE: ok") or 2 ("FILE: key: problem").',
+    )
+    check.add_argument(
+        "-c", "--config", type=Path, metavar="FILE", required=True, help="TOML config file"
+    )
+    check.set_defaults(handler=_check)
+
+    demo = commands.add_parser(
+        "demo",
+        help="demo gateway (HTTP + WebSocket echo) behind the proxy",
+        description="Start a demo gateway (HTTP + WebSocket echo) behind a proxy.",
+    )
+    demo.add_argument(
+        "--listen", type=_listen_address, metavar="ADDR", help="where the proxy listens"
+    )
+    demo.set_defaults(handler=_demo)
+
+    probe = commands.add_parser(
+        "probe",
+        help="reach URL over IPv4 and IPv6 separately",
+        description="Reach URL over IPv4 and IPv6 separately (HTTP, and a WebSocket ping).",
+    )
+    probe.add_argument("url", metavar="URL", help="http://host:port/path")
+    probe.add_argument("--ws", metavar="PATH", help="also open a WebSocket on PATH and ping")
+    probe.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_PROBE_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"per step (default {DEFAULT_PROBE_TIMEOUT_SECONDS:g})",
+    )
+    probe.set_defaults(handler=_probe)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = apply_overrides(
+            load_config(args.config),
+            listen=args.listen,
+            upstream=args.upstream,
+            admin=args.admin,
+            workers=args.workers,
+            parser=args.parser,
+            access_log=args.access_log,
+            log_level=args.log_level,
+        )
+        validate(config)
+    except ConfigError as exc:
+        print(f"dsproxy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from dsproxy.lifecycle import run
+
+    return run(config)
+
+
+def _check(args: argparse.Namespace) -> int:
+    path: Path = args.config
+    try:
+        check_file(path)
+    except ConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{path}: ok")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dsproxy.demo import main as demo_main
+
+    listen: HostPort | None = args.listen
+    return demo_main(listen)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from dsproxy.probe import main as probe_main
+
+    url: str = args.url
+    ws_path: str | None = args.ws
+    timeout: float = args.timeout
+    return probe_main(url, ws_path, timeout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("dsproxy: a command is required (run, check, demo, probe)", file=sys.stderr)
+        return EXIT_USAGE
+    code: int = args.handler(args)
+    return code

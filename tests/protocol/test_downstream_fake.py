@@ -1,0 +1,297 @@
+"""Protocol tier: DownstreamProtocol driven through a fake transport and a fake pool.
+
+No sockets: bytes go in through ``data_received``; what the proxy writes is
+read back from the recording transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
+import pytest
+
+from dsproxy.addr import HostPort
+from dsproxy.codec import get_codec
+from dsproxy.codec.base import CodecFactory
+from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer
+from dsproxy.downstream import DownstreamProtocol, Shared
+from dsproxy.upstream import ConnectWaiter, UpstreamConnection, UpstreamPool
+from tests.conftest import HTTPTOOLS_CODEC, RecordingObserver
+
+SERVER = UpstreamServer("10.0.0.9", 18080)
+
+
+class FakeTransport:
+    """Implements the asyncio.Transport calls the proxy makes, recording each one."""
+
+    def __init__(self, peer: tuple[Any, ...], sock: tuple[Any, ...]) -> None:
+        self.extra = {"peername": peer, "sockname": sock}
+        self.written = bytearray()
+        self.calls: list[str] = []
+        self.closed = False
+        self.aborted = False
+        self.reading = True
+        self.eof_written = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.calls.append("write")
+        self.written += data
+
+    def writelines(self, chunks: Any) -> None:
+        self.calls.append("writelines")
+        for chunk in chunks:
+            self.written += chunk
+
+    def close(self) -> None:
+        self.calls.append("close")
+        self.closed = True
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+        self.closed = True
+        self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause_reading")
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume_reading")
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.extra.get(name, default)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.calls.append("set_write_buffer_limits")
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.calls.append("write_eof")
+        self.eof_written = True
+
+    def take(self) -> bytes:
+        data = bytes(self.written)
+        self.written.clear()
+        return data
+
+
+class FakePool:
+    """Lends pre-made upstream connections; records what comes back."""
+
+    def __init__(self) -> None:
+        self.idle: list[UpstreamConnection] = []
+        self.waiting: list[ConnectWaiter] = []
+        self.released: list[UpstreamConnection] = []
+        self.detached: list[UpstreamConnection] = []
+
+    def acquire(self) -> UpstreamConnection | None:
+        return self.idle.pop() if self.idle else None
+
+    def connect(self, waiter: ConnectWaiter, *, exclude: UpstreamServer | None = None) -> None:
+        self.waiting.append(waiter)
+
+    def release(self, conn: UpstreamConnection, *, used: bool = True) -> None:
+        self.released.append(conn)
+        conn.owner = None
+
+    def detach(self, conn: UpstreamConnection) -> None:
+        self.detached.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        conn.close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        pass
+
+
+class Rig:
+    def __init__(self, codec: CodecFactory, **server: Any) -> None:
+        config = Config(
+            server=ServerConfig(listen=(HostPort("::", 16980),), **server),
+            upstream=UpstreamConfig(servers=(SERVER,)),
+        )
+        self.codec = codec
+        self.pool = FakePool()
+        self.observer = RecordingObserver()
+        self.shared = Shared(
+            config=config, codec=codec, pool=cast(UpstreamPool, self.pool), observer=self.observer
+        )
+        self.proto = DownstreamProtocol(self.shared)
+        self.client = FakeTransport(("::ffff:192.0.2.10", 50000, 0, 0), ("::", 16980, 0, 0))
+        self.proto.connection_made(cast(asyncio.Transport, self.client))
+
+    def upstream_conn(self) -> tuple[UpstreamConnection, FakeTransport]:
+        conn = UpstreamConnection(cast(UpstreamPool, self.pool), SERVER, self.codec)
+        transport = FakeTransport(("10.0.0.9", 18080), ("10.0.0.1", 40000))
+        conn.connection_made(cast(asyncio.Transport, transport))
+        return conn, transport
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(coro_fn())
+
+
+@pytest.fixture(
+    params=[
+        "h11",
+        pytest.param(
+            "httptools",
+            marks=pytest.mark.skipif(not HTTPTOOLS_CODEC, reason="httptools codec not written yet"),
+        ),
+    ]
+)
+def codec(request: pytest.FixtureRequest) -> CodecFactory:
+    return get_codec(request.param)
+
+
+def test_get_produces_upstream_request_and_relays_response(codec: CodecFactory) -> None:
+    async def scenario() -> None:
+        rig = Rig(codec)
+        conn, up = rig.upstream_conn()
+        rig.pool.idle.append(conn)
+        rig.proto.data_received(
+            b"GET /items?q=a%2Fb&x HTTP/1.1\r\nHost: api.example\r\n"
+            b"Connection: keep-alive\r\nX-Forwarded-For: 6.6.6.6\r\nAccept: */*\r\n\r\n"
+        )
+        sent = up.take()
+        head, _, rest = sent.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"GET /items?q=a%2Fb&x HTTP/1.1"
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            fields[name.strip().lower()] = value.strip()
+        assert fields[b"host"] == b"api.example"
+        assert fields[b"accept"] == b"*/*"
+        assert fields[b"x-forwarded-for"] == b"192.0.2.10"
+        assert fields[b"x-real-ip"] == b"192.0.2.10"
+        assert fields[b"x-forwarded-port"] == b"16980"
+        assert b"connection" not in fields or fields[b"connection"] != b"keep-alive"
+        assert rest == b""
+        assert rig.client.written == b""
+
+        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: x\r\n\r\nhello")
+        out = rig.client.take()
+        assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert out.endswith(b"\r\n\r\nhello")
+        assert b"keep-alive" not in out.lower()
+        assert rig.pool.released == [conn]
+        assert not rig.client.closed
+        record = rig.observer.requests[-1]
+        assert (record.status, record.client_ip, record.family) == (200, "192.0.2.10", "ipv4")
+        rig.proto.connection_lost(None)
+
+    run(scenario)
+
+
+def test_post_body_held_until_upstream_connects(codec: CodecFactory) -> None:
+    async def scenario() -> None:
+        rig = Rig(codec)
+        rig.proto.data_received(
+            b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789"
+        )
+        assert rig.pool.waiting == [rig.proto]
+        conn, up = rig.upstream_conn()
+        rig.proto.upstream_ready(conn, False)
+        sent = up.take()
+        assert sent.startswith(b"POST /up HTTP/1.1\r\n")
+        assert sent.endswith(b"\r\n\r\n0123456789")
+        conn.data_received(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        assert rig.client.take().startswith(b"HTTP/1.1 201 ")
+        rig.proto.connection_lost(None)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+        (
+            b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    ],
+)
+def test_bad_request_answered_and_closed(codec: CodecFactory, data: bytes, status: int) -> None:
+    async def scenario() -> None:
+        rig = Rig(codec)
+        rig.proto.data_received(data)
+        out = rig.client.take()
+        assert out.startswith(b"HTTP/1.1 %d " % status)
+        assert b"connection: close" in out.lower()
+        assert rig.client.closed
+        assert rig.pool.waiting == []
+        assert rig.observer.client_errors
+        rig.proto.connection_lost(None)
+
+    run(scenario)
+
+
+def test_upstream_failure_before_head_is_502(codec: CodecFactory) -> None:
+    async def scenario() -> None:
+        rig = Rig(codec)
+        rig.proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        conn, _ = rig.upstream_conn()
+        rig.proto.upstream_ready(conn, False)
+        conn.data_received(b"garbage that is not a status line\r\n\r\n")
+        out = rig.client.take()
+        assert out.startswith(b"HTTP/1.1 502 ")
+        assert rig.client.closed
+        assert rig.observer.upstream_errors == ["protocol"]
+        rig.proto.connection_lost(None)
+
+    run(scenario)
+
+
+def test_pipelined_requests_wait_for_response(codec: CodecFactory) -> None:
+    async def scenario() -> None:
+        rig = Rig(codec)
+        first, up1 = rig.upstream_conn()
+        rig.pool.idle.append(first)
+        rig.proto.data_received(
+            b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
+        )
+        assert up1.take().startswith(b"GET /1 ")
+        # The second request is not started while the first is in flight.
+        assert rig.pool.waiting == []
+        second, up2 = rig.upstream_conn()
+        rig.pool.idle.append(second)
+        first.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+        assert up2.take().startswith(b"GET /2 ")
+        second.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        out = rig.client.take()
+        assert out.count(b"HTTP/1.1 200 OK") == 2
+        assert out.index(b"\r\n\r\na") < out.index(b"\r\n\r\nb")
+        rig.proto.connection_lost(None)
+
+    run(scenario)
+
+
+def test_over_capacity_aborts_at_once(codec: CodecFactory) -> None:
+    async def scenario() -> None:
+        rig = Rig(codec, max_connections=1)
+        other = DownstreamProtocol(rig.shared)
+        transport = FakeTransport(("127.0.0.1", 1), ("::", 16980, 0, 0))
+        other.connection_made(cast(asyncio.Transport, transport))
+        assert transport.aborted
+        assert rig.observer.client_errors == ["over_capacity"]
+        other.connection_lost(None)
+        rig.proto.connection_lost(None)
+        assert rig.shared.connections == set()
+
+    run(scenario)
