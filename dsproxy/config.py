@@ -288,7 +288,7 @@ def _parse_upstream_server(key: str, value: object) -> UpstreamServer:
         raise ConfigError(
             key, f"{value!r}: only http:// upstreams are supported, not {scheme.lower()}://"
         )
-    authority, slash, path = rest.partition("/")
+    authority, _, path = rest.partition("/")
     if path:
         raise ConfigError(key, f"{value!r}: a path is not supported, give only http://host:port")
     if any(mark in authority for mark in "@?#"):

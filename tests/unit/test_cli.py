@@ -1,0 +1,351 @@
+"""The command line: ``check`` exit codes and messages, ``run`` flag handling, and the
+dispatch to ``run``/``demo``/``probe`` (their modules are replaced by fakes in
+``sys.modules``, so nothing listens and nothing is reached).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import dsproxy
+from dsproxy.addr import HostPort
+from dsproxy.cli import main
+from dsproxy.config import Config, UpstreamServer
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "config.example.toml"
+UPSTREAM_TOML = '[upstream]\nurl = "http://127.0.0.1:18080"\n'
+
+
+@dataclass
+class Calls:
+    """What a fake ``run``/``demo``/``probe`` was called with, and what it returns."""
+
+    result: int = 0
+    args: list[tuple[object, ...]] = field(default_factory=list)
+
+    def record(self, *args: object) -> int:
+        self.args.append(args)
+        return self.result
+
+
+def fake_module(
+    monkeypatch: pytest.MonkeyPatch, name: str, attribute: str, function: Callable[..., int]
+) -> None:
+    module = types.ModuleType(name)
+    monkeypatch.setattr(module, attribute, function, raising=False)
+    monkeypatch.setitem(sys.modules, name, module)
+
+
+@pytest.fixture
+def run_calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    calls = Calls()
+    fake_module(monkeypatch, "dsproxy.lifecycle", "run", calls.record)
+    return calls
+
+
+@pytest.fixture
+def demo_calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    calls = Calls()
+    fake_module(monkeypatch, "dsproxy.demo", "main", calls.record)
+    return calls
+
+
+@pytest.fixture
+def probe_calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    calls = Calls()
+    fake_module(monkeypatch, "dsproxy.probe", "main", calls.record)
+    return calls
+
+
+def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def ran_with(calls: Calls) -> Config:
+    (args,) = calls.args
+    (config,) = args
+    assert isinstance(config, Config)
+    return config
+
+
+# -- check ---------------------------------------------------------------------------------
+
+
+def test_check_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, UPSTREAM_TOML)
+    assert main(["check", "-c", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{path}: ok\n"
+    assert err == ""
+
+
+def test_check_the_example_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(EXAMPLE)]) == 0
+    assert capsys.readouterr().out == f"{EXAMPLE}: ok\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "upstream.url: is required (give it in the file or with --upstream)"),
+        ("[server]\nworkers = 2\n", "upstream.url: is required"),
+        (
+            UPSTREAM_TOML + '[server]\nheader_timeout = "abc"\n',
+            "server.header_timeout: must be a number of seconds >= 0, got 'abc'",
+        ),
+        (UPSTREAM_TOML + "[server]\nlisten = []\n", "server.listen: must list at least one"),
+        ('[upstream]\nurl = "https://gw"\n', "upstream.url: 'https://gw': only http://"),
+        (UPSTREAM_TOML + "[admin]\nlisten = 9100\n", "admin.listen: must be an address"),
+        (UPSTREAM_TOML + "[server]\nbogus = 1\n", "server.bogus: unknown key"),
+        (UPSTREAM_TOML + "[tls]\n", "tls: unknown section"),
+        ("[server\n", "(toml): "),
+        ("a = = 1\n", "(toml): "),
+        (UPSTREAM_TOML + '[admin]\nlisten = "[::]:16980"\n', "admin.listen: [::]:16980 overlaps"),
+    ],
+)
+def test_check_reports_file_key_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, problem: str
+) -> None:
+    path = write(tmp_path, text)
+    assert main(["check", "-c", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"{path}: {problem}")
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_check_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "absent.toml"
+    assert main(["check", "-c", str(path)]) == 2
+    assert capsys.readouterr().err == f"{path}: (file): cannot read it: No such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe\x00garbage", b"\x00\x01\x02", b'[server]\nlisten = ["\xc3\x28"]\n', b"[" * 5000],
+)
+def test_check_never_shows_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(content)
+    assert main(["check", "-c", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"{path}: (")
+    assert "Traceback" not in err
+
+
+def test_check_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-c", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"{tmp_path}: (file): cannot read it")
+
+
+def test_check_requires_a_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check"]) == 2
+    assert "-c/--config" in capsys.readouterr().err
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+def test_run_with_flags_only(run_calls: Calls) -> None:
+    run_calls.result = 7
+    code = main(["run", "--listen", "127.0.0.1:8080", "--upstream", "http://[::1]:18080"])
+    assert code == 7
+    config = ran_with(run_calls)
+    assert config.server.listen == (HostPort("127.0.0.1", 8080),)
+    assert config.upstream.servers == (UpstreamServer("::1", 18080),)
+    assert config.source is None
+
+
+def test_run_with_a_file(tmp_path: Path, run_calls: Calls) -> None:
+    path = write(tmp_path, UPSTREAM_TOML + "[server]\nworkers = 3\n")
+    assert main(["run", "-c", str(path)]) == 0
+    config = ran_with(run_calls)
+    assert config.server.workers == 3
+    assert config.source == path
+
+
+def test_run_flags_override_the_file(tmp_path: Path, run_calls: Calls) -> None:
+    path = write(
+        tmp_path,
+        '[server]\nlisten = ["127.0.0.1:1"]\nworkers = 3\nparser = "h11"\n'
+        '[upstream]\nurl = "http://file:1"\n[admin]\nlisten = "127.0.0.1:2"\n'
+        '[log]\nlevel = "error"\naccess = "json"\n',
+    )
+    argv = [
+        "run", "-c", str(path),
+        "--listen", "[::1]:10", "--listen", "127.0.0.1:11",
+        "--upstream", "http://flag:2",
+        "--admin", "off",
+        "--workers", "2",
+        "--parser", "auto",
+        "--access-log", "off",
+        "--log-level", "debug",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    config = ran_with(run_calls)
+    assert config.server.listen == (HostPort("::1", 10), HostPort("127.0.0.1", 11))
+    assert config.upstream.servers == (UpstreamServer("flag", 2),)
+    assert config.admin.listen is None
+    assert config.server.workers == 2
+    assert config.server.parser == "auto"
+    assert config.log.access == "off"
+    assert config.log.level == "debug"
+    assert config.source == path
+
+
+def test_run_without_flags_keeps_the_file(tmp_path: Path, run_calls: Calls) -> None:
+    path = write(tmp_path, UPSTREAM_TOML + '[log]\nlevel = "warning"\n')
+    assert main(["run", "-c", str(path), "--workers", "1"]) == 0
+    assert ran_with(run_calls).log.level == "warning"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run"], "dsproxy: upstream.url: is required (give it in the file or with --upstream)"),
+        (["run", "--upstream", "https://gw"], "dsproxy: upstream.url: 'https://gw': only http://"),
+        (
+            ["run", "--upstream", "http://gw:1", "--listen", "gw:80"],
+            "dsproxy: server.listen: 'gw' is not an IPv4 address",
+        ),
+        (["run", "--upstream", "http://gw:1", "--workers", "0"], "dsproxy: server.workers: "),
+        (["run", "--upstream", "http://gw:1", "--workers", "many"], "dsproxy: server.workers: "),
+        (["run", "--upstream", "http://gw:1", "--parser", "x"], "dsproxy: server.parser: "),
+        (["run", "--upstream", "http://gw:1", "--admin", "on"], "dsproxy: admin.listen: "),
+        (["run", "--upstream", "http://gw:1", "--access-log", "x"], "dsproxy: log.access: "),
+        (["run", "--upstream", "http://gw:1", "--log-level", "x"], "dsproxy: log.level: "),
+        (
+            ["run", "--upstream", "http://gw:1", "--admin", "127.0.0.1:16980"],
+            "dsproxy: admin.listen: 127.0.0.1:16980 overlaps",
+        ),
+    ],
+)
+def test_run_config_errors_exit_2(
+    run_calls: Calls, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(message)
+    assert err.count("\n") == 1
+    assert run_calls.args == []
+
+
+def test_run_file_errors_exit_2(
+    tmp_path: Path, run_calls: Calls, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "[server]\nworkers = 0\n")
+    assert main(["run", "-c", str(path), "--upstream", "http://gw:1"]) == 2
+    assert capsys.readouterr().err.startswith("dsproxy: server.workers: ")
+    assert main(["run", "-c", str(tmp_path / "absent.toml")]) == 2
+    assert capsys.readouterr().err.startswith("dsproxy: (file): cannot read it")
+    assert run_calls.args == []
+
+
+def test_a_flag_fixes_what_the_file_lacks(tmp_path: Path, run_calls: Calls) -> None:
+    path = write(tmp_path, "[server]\nworkers = 2\n")  # no upstream: check would refuse it
+    assert main(["run", "-c", str(path), "--upstream", "http://gw:1"]) == 0
+    assert ran_with(run_calls).upstream.servers == (UpstreamServer("gw", 1),)
+
+
+# -- demo and probe ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "listen"),
+    [
+        (["demo"], None),
+        (["demo", "--listen", "[::1]:8000"], HostPort("::1", 8000)),
+        (["demo", "--listen", "127.0.0.1:0"], HostPort("127.0.0.1", 0)),
+    ],
+)
+def test_demo_dispatch(demo_calls: Calls, argv: list[str], listen: HostPort | None) -> None:
+    demo_calls.result = 3
+    assert main(argv) == 3
+    assert demo_calls.args == [(listen,)]
+
+
+@pytest.mark.parametrize("listen", ["8000", "localhost:8000", "[::1]", "0.0.0.0:70000"])
+def test_demo_bad_listen(
+    demo_calls: Calls, capsys: pytest.CaptureFixture[str], listen: str
+) -> None:
+    assert main(["demo", "--listen", listen]) == 2
+    err = capsys.readouterr().err
+    assert "argument --listen: " in err
+    assert "Traceback" not in err
+    assert demo_calls.args == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["probe", "http://gw:80/"], ("http://gw:80/", None, 5.0)),
+        (["probe", "http://gw:80/", "--ws", "/ws"], ("http://gw:80/", "/ws", 5.0)),
+        (["probe", "--timeout", "1.5", "http://[::1]:1"], ("http://[::1]:1", None, 1.5)),
+    ],
+)
+def test_probe_dispatch(probe_calls: Calls, argv: list[str], expected: tuple[object, ...]) -> None:
+    probe_calls.result = 1
+    assert main(argv) == 1
+    assert probe_calls.args == [expected]
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "soon", "inf", "nan"])
+def test_probe_bad_timeout(
+    probe_calls: Calls, capsys: pytest.CaptureFixture[str], timeout: str
+) -> None:
+    assert main(["probe", "http://gw/", "--timeout", timeout]) == 2
+    assert "argument --timeout: must be a number of seconds > 0" in capsys.readouterr().err
+    assert probe_calls.args == []
+
+
+def test_probe_needs_a_url(probe_calls: Calls, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe"]) == 2
+    assert "URL" in capsys.readouterr().err
+
+
+# -- the top level -------------------------------------------------------------------------
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"dsproxy {dsproxy.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["run", "--help"], ["check", "-h"], ["demo", "-h"], ["probe", "-h"]]
+)
+def test_help(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("usage: dsproxy")
+
+
+def test_run_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["run", "--help"])
+    out = capsys.readouterr().out
+    for flag in (
+        "-c FILE", "--listen ADDR", "--upstream URL", "--admin ADDR|off", "--workers N|auto",
+        "--parser auto|h11|httptools", "--access-log combined|json|off", "--log-level LEVEL",
+    ):  # fmt: skip
+        assert flag in out
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["serve"], ["run", "--bogus"], ["run", "extra"], ["check", "-c"], ["--listen"]]
+)
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: dsproxy")
+    assert "Traceback" not in err
