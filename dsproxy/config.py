@@ -113,6 +113,9 @@ class Config:
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = None  # the file it was loaded from (for SIGHUP reload)
+    # Command-line flags given at start, as apply_overrides keywords: a reload
+    # re-reads the file and applies them again, so flags keep beating the file.
+    overrides: tuple[tuple[str, str | tuple[str, ...]], ...] = ()
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -515,7 +518,41 @@ def apply_overrides(
         log = replace(log, access=_parse_access_log("log.access", access_log))
     if log_level is not None:
         log = replace(log, level=_parse_log_level("log.level", log_level))
-    return replace(config, server=server, upstream=upstream_config, admin=admin_config, log=log)
+    given: dict[str, str | tuple[str, ...]] = dict(config.overrides)
+    for key, value in (
+        ("listen", tuple(listen) if listen is not None else None),
+        ("upstream", upstream),
+        ("admin", admin),
+        ("workers", workers),
+        ("parser", parser),
+        ("access_log", access_log),
+        ("log_level", log_level),
+    ):
+        if value is not None:
+            given[key] = value
+    return replace(
+        config,
+        server=server,
+        upstream=upstream_config,
+        admin=admin_config,
+        log=log,
+        overrides=tuple(sorted(given.items())),
+    )
+
+
+def reload_config(current: Config) -> Config:
+    """What a SIGHUP loads: the file again, with the start-up flags applied on top."""
+    if current.source is None:
+        raise ConfigError("(file)", "started without -c: there is no file to re-read")
+    flags = dict(current.overrides)
+    listen = flags.pop("listen", None)
+    config = apply_overrides(
+        load_config(current.source),
+        listen=list(listen) if isinstance(listen, tuple) else None,
+        **{k: v for k, v in flags.items() if isinstance(v, str)},
+    )
+    validate(config)
+    return config
 
 
 def check_file(path: Path) -> Config:

@@ -97,15 +97,15 @@ async def serve(
             return 1
 
     async def do_reload() -> None:
-        from dsproxy.config import check_file
+        from dsproxy.config import reload_config
 
         source = server.config.source
         if source is None:
             log.warning("SIGHUP: no config file to re-read (started without -c)")
             return
         try:
-            new = check_file(source)
-        except ConfigError as exc:
+            new = reload_config(server.config)
+        except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running config: %s: %s", source, exc)
             return
         try:

@@ -296,7 +296,7 @@ class Supervisor:
         self._start_task(self.reload())
 
     async def reload(self) -> None:
-        from dsproxy.config import check_file
+        from dsproxy.config import reload_config
 
         if self.stopping:
             return
@@ -305,7 +305,7 @@ class Supervisor:
             log.warning("SIGHUP: no config file to re-read (started without -c)")
             return
         try:
-            new = check_file(source)
+            new = reload_config(self.config)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running config: %s: %s", source, exc)
             return

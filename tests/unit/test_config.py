@@ -637,3 +637,18 @@ def test_overrides_give_a_new_frozen_config() -> None:
     config = apply_overrides(RUNNABLE, workers="2")
     assert RUNNABLE.server.workers == 1
     assert config.server.workers == 2
+
+
+def test_reload_keeps_command_line_flags(tmp_path: Path) -> None:
+    from dsproxy.config import reload_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nlisten = ["127.0.0.1:8080"]\n[log]\nlevel = "info"\n')
+    started = apply_overrides(
+        load_config(path), upstream="http://127.0.0.1:9000", log_level="debug"
+    )
+    path.write_text('[server]\nlisten = ["127.0.0.1:8081"]\n[log]\nlevel = "warning"\n')
+    reloaded = reload_config(started)
+    assert reloaded.server.listen[0].port == 8081  # the file's change is taken
+    assert reloaded.log.level == "debug"  # the flag still wins
+    assert reloaded.upstream.servers[0].port == 9000  # the flag-only upstream survives
