@@ -119,8 +119,12 @@ def _request_line(method: str, target: str, http_version: str) -> str:
 PIPE_BUF_BYTES = 4096
 
 
-class AccessLog:
-    """The access-log observer: writes a line per request and per WebSocket session."""
+class AccessLog(NullObserver):
+    """The access-log observer: writes a line per request and per WebSocket session.
+
+    Only ``request_done`` and ``websocket_closed`` matter here; the other events
+    are NullObserver's no-ops.
+    """
 
     def __init__(self, fmt: AccessLogFormat, stream: TextIO | None = None) -> None:
         if fmt not in ("combined", "json"):
@@ -245,30 +249,6 @@ class AccessLog:
             self._fault(exc)
             return
         self._write(line)
-
-    def connection_opened(self, family: Family) -> None:
-        pass
-
-    def connection_closed(self, family: Family) -> None:
-        pass
-
-    def client_error(self, kind: str) -> None:
-        pass
-
-    def upstream_error(self, kind: str) -> None:
-        pass
-
-    def upstream_connected(self, seconds: float) -> None:
-        pass
-
-    def upstream_acquired(self, reused: bool) -> None:
-        pass
-
-    def pool_idle(self, count: int) -> None:
-        pass
-
-    def websocket_opened(self) -> None:
-        pass
 
 
 class FanOut:

@@ -22,21 +22,11 @@ from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer,
 from dsproxy.lifecycle import new_event_loop
 from dsproxy.records import RequestRecord, TunnelRecord
 from dsproxy.server import ProxyServer
+from tests.support import ipv6_available
 from tests.upstream_server import Upstream
 
 T = TypeVar("T")
 CALL_TIMEOUT_SECONDS = 15.0
-
-
-def ipv6_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 HTTPTOOLS_CODEC = importlib.util.find_spec("dsproxy.codec.httptools_codec") is not None

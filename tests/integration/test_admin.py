@@ -14,19 +14,8 @@ from dsproxy import admin as admin_module
 from dsproxy.addr import HostPort
 from dsproxy.admin import AdminServer, start_admin
 from dsproxy.metrics import Metrics
+from tests.support import ipv6_available
 from tests.unit.test_metrics import request
-
-
-def ipv6_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
 
 LOOPBACKS = [
     pytest.param("127.0.0.1", id="ipv4"),

@@ -35,24 +35,12 @@ from dsproxy.demo import (
     demo_instructions,
     start_demo_gateway,
 )
+from tests.support import ipv6_available, needs_ipv6
 
 TEST_TIMEOUT_SECONDS = 10.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
-
-def _ipv6_loopback_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback_available(), reason="no IPv6 loopback")
 
 LOOPBACKS = [
     pytest.param("127.0.0.1", id="ipv4"),
@@ -432,7 +420,7 @@ def test_close_ends_open_connections() -> None:
 
 
 def test_gateway_on_a_dual_stack_socket_takes_both_families() -> None:
-    if not _ipv6_loopback_available():
+    if not ipv6_available():
         pytest.skip("no IPv6 loopback")
 
     async def main() -> None:
@@ -496,7 +484,7 @@ _MISSING = [name for name in _PROXY_MODULES if importlib.util.find_spec(name) is
 @pytest.mark.skipif(bool(_MISSING), reason=f"proxy modules not written yet: {_MISSING}")
 def test_dsproxy_demo_end_to_end() -> None:
     """``demo.main`` in a subprocess: the printed commands work; Ctrl-C (SIGINT) stops it."""
-    listen = "HostPort('::', 0)" if _ipv6_loopback_available() else "HostPort('0.0.0.0', 0)"
+    listen = "HostPort('::', 0)" if ipv6_available() else "HostPort('0.0.0.0', 0)"
     code = f"from dsproxy.addr import HostPort; from dsproxy.demo import main; main({listen})"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(

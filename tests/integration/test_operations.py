@@ -39,22 +39,12 @@ from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer
 from dsproxy.records import NullObserver
 from dsproxy.resolver import Resolver
 from dsproxy.server import ProxyServer
+from tests.support import ipv6_available
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_SECONDS = 20.0
 WAIT_TIMEOUT_SECONDS = 10.0
 T = TypeVar("T")
-
-
-def ipv6_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 HAS_IPV6 = ipv6_available()

@@ -16,23 +16,10 @@ import pytest
 
 from dsproxy import probe
 from dsproxy.demo import DemoGateway, start_demo_gateway
+from tests.support import needs_ipv6
 
 TEST_TIMEOUT_SECONDS = 10.0
 PROBE_TIMEOUT_SECONDS = 2.0
-
-
-def _ipv6_loopback_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback_available(), reason="no IPv6 loopback")
 
 
 def dual_stack_socket() -> socket.socket:
