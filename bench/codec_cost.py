@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -69,11 +68,11 @@ RESPONSES: dict[str, bytes] = {
 }
 
 
-class Sink:
-    """Collects the events of one message (request or response handler)."""
+class RequestSink:
+    """Collects the events of one request (a RequestHandler)."""
 
     def __init__(self) -> None:
-        self.head: Any = None
+        self.head: RequestHead | None = None
         self.body: list[bytes] = []
         self.done = False
 
@@ -86,9 +85,28 @@ class Sink:
     def on_request_end(self, trailers: Headers) -> None:
         self.done = True
 
-    on_response_head = on_request_head  # type: ignore[assignment]
-    on_response_body = on_request_body
-    on_response_end = on_request_end
+    def reset(self) -> None:
+        self.head = None
+        self.body.clear()
+        self.done = False
+
+
+class ResponseSink:
+    """Collects the events of one response (a ResponseHandler)."""
+
+    def __init__(self) -> None:
+        self.head: ResponseHead | None = None
+        self.body: list[bytes] = []
+        self.done = False
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        self.head = head
+
+    def on_response_body(self, data: bytes) -> None:
+        self.body.append(data)
+
+    def on_response_end(self, trailers: Headers) -> None:
+        self.done = True
 
     def reset(self) -> None:
         self.head = None
@@ -130,17 +148,19 @@ def forwarding_rewriters() -> tuple[Rewrite, RewriteResp] | None:
     return req, resp
 
 
-def one_cycle(server: ServerCodec, client: ClientCodec, sreq: Sink, sresp: Sink,
+def one_cycle(server: ServerCodec, client: ClientCodec, sreq: RequestSink, sresp: ResponseSink,
               request: bytes, response: bytes, rw_req: Rewrite, rw_resp: RewriteResp) -> int:
     sreq.reset()
     sresp.reset()
     server.feed(request)
-    head: RequestHead = sreq.head
+    head = sreq.head
+    assert head is not None
     method, target, headers = rw_req(head)
     out = len(client.encode_request_head(method, target, headers, chunked=False))
     out += len(client.encode_end([]))
     client.feed(response)
-    rhead: ResponseHead = sresp.head
+    rhead = sresp.head
+    assert rhead is not None
     rheaders = rw_resp(rhead, head)
     out += len(server.encode_response_head(rhead.status, rhead.reason, rheaders, chunked=False))
     for piece in sresp.body:
@@ -164,7 +184,7 @@ def measure(codec_name: str, kind: str, n: int, repeat: int, forwarding: bool) -
     assert rw is not None
     best = float("inf")
     for _ in range(repeat):
-        sreq, sresp = Sink(), Sink()
+        sreq, sresp = RequestSink(), ResponseSink()
         server = factory.server(sreq, max_header_bytes=16384)
         client = factory.client(sresp)
         request, response = REQUESTS[kind], RESPONSES[kind]

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import IO
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -403,13 +403,23 @@ def run_wrk(url: str, duration: float, conns: int, threads: int,
     return res
 
 
+@dataclass
+class WsResult:
+    rate: float  # round trips / s
+    proxy_us: float  # proxy CPU µs per round trip
+    client_us: float
+    upstream_us: float
+    failed: int
+
+
 def run_wsload_rt(port: int, duration: float, conns: int, procs: int,
-                  proxy: Proc | None) -> tuple[float, float, int]:
-    """(round trips/s, proxy CPU µs per round trip, failed sessions)."""
+                  proxy: Proc | None, upstream: Proc | None) -> WsResult:
     per = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
     cmds = [[sys.executable, str(BENCH_DIR / "wsload.py"), "rt", "--port", str(port),
              "--conns", str(n), "--duration", str(duration)] for n in per if n]
     cpu0 = proxy.cpu() if proxy else 0.0
+    up0 = upstream.cpu() if upstream else 0.0
+    client_cpu = 0.0
     ps = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
           for c in cmds]
     rate = 0.0
@@ -428,9 +438,14 @@ def run_wsload_rt(port: int, duration: float, conns: int, procs: int,
         rate += float(d["rate"])
         total += int(d["roundtrips"])
         failed += int(d["failed"])
+        client_cpu += float(d.get("cpu_seconds", 0.0))
     cpu1 = proxy.cpu() if proxy else 0.0
-    cpu_us = (cpu1 - cpu0) / total * 1e6 if proxy and total else 0.0
-    return rate, cpu_us, failed
+    up1 = upstream.cpu() if upstream else 0.0
+    if not total:
+        return WsResult(rate, 0.0, 0.0, 0.0, failed)
+    # proxy/upstream CPU includes handshakes and teardown (small next to the window)
+    return WsResult(rate, (cpu1 - cpu0) / total * 1e6 if proxy else 0.0,
+                    client_cpu / total * 1e6, (up1 - up0) / total * 1e6, failed)
 
 
 def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -494,11 +509,11 @@ def stream_transfer(port: int, direction: str, nbytes: int,
                     break
                 body += chunk
             elapsed = time.perf_counter() - t0
-            got = body.decode(errors="replace").strip()
+            answer = body.decode(errors="replace").strip()
             code = str(status)
-            if got != str(nbytes):
-                code += f" (upstream answered {' '.join(got.split())[:60]!r})"
-            return nbytes / elapsed / 1e6, nbytes if got == str(nbytes) else 0, code
+            if answer != str(nbytes):
+                code += f" (upstream answered {' '.join(answer.split())[:60]!r})"
+            return nbytes / elapsed / 1e6, nbytes if answer == str(nbytes) else 0, code
         sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: bench\r\n\r\n")
         status, headers, body = _read_head(sock)
         want = int(headers.get("content-length", "-1"))
@@ -540,6 +555,20 @@ def ratio(x: float, base: float | None) -> str:
     return f"{x / base:.2f}" if base else "-"
 
 
+def cpu_busy(seconds: float) -> float:
+    """Fraction of all CPUs busy over ``seconds`` (from /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields), idle
+
+    t0, i0 = sample()
+    time.sleep(seconds)
+    t1, i1 = sample()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
 def machine_info() -> list[str]:
     def cmd_out(cmd: list[str]) -> str:
         try:
@@ -565,13 +594,12 @@ def machine_info() -> list[str]:
             versions.append(f"{mod} {getattr(m, '__version__', '?')}")
         except ImportError:
             versions.append(f"{mod} (not installed)")
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return [
-        f"CPUs (nproc): {os.cpu_count()}; CPU: {model}; RAM: {mem}; "
-        f"load average at start: {load}",
+        f"CPUs (nproc): {os.cpu_count()}; CPU: {model}; RAM: {mem}",
         f"kernel: {platform.release()}; Python {platform.python_version()}; "
         + ", ".join(versions),
-        f"{cmd_out(['nginx', '-v'])}; {cmd_out(['wrk', '-v'])}; {cmd_out(['curl', '--version'])}",
+        f"{cmd_out(['nginx', '-v']).replace('nginx version: ', '')}; "
+        f"wrk {cmd_out(['wrk', '-v']).split()[1]}",
     ]
 
 
@@ -661,36 +689,42 @@ def suite_workers(b: Bench, rep: Report, upstream_port: int) -> None:
             b.stop(proc)
 
 
-def suite_ws(b: Bench, rep: Report, cont: dict[str, tuple[Proc, int]], up_port: int) -> None:
+def suite_ws(b: Bench, rep: Report, cont: dict[str, tuple[Proc, int]], up_port: int,
+             upstream: Proc) -> None:
     a = b.args
     targets: dict[str, tuple[Proc | None, int]] = {"direct": (None, up_port)}
     targets.update(cont)
     keys = list(targets)
     for k in keys:
-        run_wsload_rt(targets[k][1], 1, a.ws_conns, a.ws_procs, None)
-    res: dict[str, list[tuple[float, float, int]]] = {k: [] for k in keys}
+        run_wsload_rt(targets[k][1], 1, a.ws_conns, a.ws_procs, None, None)
+    res: dict[str, list[WsResult]] = {k: [] for k in keys}
     for r, k in interleave(keys, a.rounds):
         proc, port = targets[k]
-        x = run_wsload_rt(port, a.duration, a.ws_conns, a.ws_procs, proc)
+        x = run_wsload_rt(port, a.duration, a.ws_conns, a.ws_procs, proc, upstream)
         res[k].append(x)
-        log(f"ws round {r + 1} {k}: {x[0]:.0f} rt/s cpu {x[1]:.1f} us/rt failed {x[2]}")
-    med = {k: statistics.median(x[0] for x in res[k]) for k in keys}
+        log(f"ws round {r + 1} {k}: {x.rate:.0f} rt/s cpu proxy {x.proxy_us:.1f} "
+            f"client {x.client_us:.1f} upstream {x.upstream_us:.1f} us/rt failed {x.failed}")
+    med = {k: statistics.median(x.rate for x in res[k]) for k in keys}
     base = med.get("B")
     rows = []
     for k in keys:
-        cpu = statistics.median(x[1] for x in res[k])
-        rows.append([LABELS[k], fmt(med[k]), ratio(med[k], base),
-                     fmt(cpu, 1) if k != "direct" else "-",
-                     str(max(x[2] for x in res[k]))])
+        def m(attr: str, k: str = k) -> str:
+            return fmt(statistics.median(getattr(x, attr) for x in res[k]), 1)
+
+        rows.append([LABELS[k], fmt(med[k]), ratio(med[k], base) if k != "direct" else "-",
+                     m("proxy_us") if k != "direct" else "-", m("client_us"),
+                     m("upstream_us"), str(max(x.failed for x in res[k]))])
     rep.table(
         f"WebSocket round trips ({a.ws_conns} sessions, 16-byte masked frames, "
         f"{a.duration:g}s, median of {a.rounds})",
-        ["contender", "round trips/s", "vs B", "proxy CPU µs/rt", "failed sessions"],
+        ["contender", "round trips/s", "vs B", "proxy CPU µs/rt", "client CPU µs/rt",
+         "upstream CPU µs/rt", "failed sessions"],
         rows,
         ["upstream: raw asyncio echo (101 then echo bytes); client: bench/wsload.py "
          f"({a.ws_procs} process(es), uvloop, no frame parsing)",
-         "the ceiling row is client -> upstream with no proxy; a proxy row near it means the "
-         "client/upstream, not the proxy, is the limit"],
+         "the ceiling row is client -> upstream with no proxy. When client + upstream + proxy "
+         "CPU per round trip times the rate reaches the CPU count, the machine, not the "
+         "proxy, is the limit: then compare the proxy CPU µs/rt column"],
     )
 
 
@@ -792,7 +826,7 @@ def suite_idle(b: Bench, rep: Report, cont: dict[str, tuple[Proc, int]]) -> None
     )
 
 
-def read_line(stream: TextIO, timeout: float) -> str:
+def read_line(stream: IO[str], timeout: float) -> str:
     import selectors
 
     sel = selectors.DefaultSelector()
@@ -853,10 +887,10 @@ def raise_nofile() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in ("nginx", "wrk", "curl"):
+    for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             print(f"missing {tool}: run bench/run.sh (installs it as root) or "
-                  "`apt-get install -y nginx wrk curl`", file=sys.stderr)
+                  "`apt-get install -y nginx wrk`", file=sys.stderr)
             return 2
     nofile = raise_nofile()
     if "idle" in args.suite_list and nofile < 4 * args.idle_sessions:
@@ -877,9 +911,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep = Report()
     started = dt.datetime.now()
     machine = machine_info()
-    if os.getloadavg()[0] > 0.5:
-        notes.append(f"the machine was busy before the run (load average "
-                     f"{os.getloadavg()[0]:.2f}): other processes compete for the CPUs")
+    busy = cpu_busy(1.0)
+    machine[0] += f"; CPU busy before the run: {busy:.0%}"
+    if busy > 0.2:
+        notes.append(f"the machine was {busy:.0%} busy before the run: other processes "
+                     "compete for the CPUs, numbers are pessimistic")
         log(notes[-1])
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -904,10 +940,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cont_n, nup = {}, 0
         if {"ws", "stream", "idle"} & set(suites):
-            _, rup = b.start_rawup()
+            rawup, rup = b.start_rawup()
             log(f"raw upstream on 127.0.0.1:{rup}")
             cont_r = start_set(b, contenders, rup, "rawup")
-            run_suite(failures, "ws", suites, lambda: suite_ws(b, rep, cont_r, rup))
+            run_suite(failures, "ws", suites, lambda: suite_ws(b, rep, cont_r, rup, rawup))
             run_suite(failures, "stream", suites,
                       lambda: suite_stream(b, rep, cont_n, nup, cont_r, rup))
             run_suite(failures, "idle", suites, lambda: suite_idle(b, rep, cont_r))

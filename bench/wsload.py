@@ -5,7 +5,8 @@ Modes:
 ``rt``   open ``--conns`` WebSocket sessions, then on each one send a small masked
          frame and wait for the same bytes to come back (the bench upstream echoes raw
          bytes), again and again for ``--duration`` seconds. Prints one JSON line:
-         ``{"roundtrips": N, "seconds": S, "rate": N/S, "conns": C, "failed": F}``.
+         ``{"roundtrips": N, "seconds": S, "rate": N/S, "conns": C, "failed": F,
+         "cpu_seconds": client CPU during the window}``.
 ``idle`` open ``--sessions`` sessions (``--concurrency`` handshakes at a time), print
          ``READY <open> <failed>`` and hold them until stdin gets a line or EOF, or
          ``--hold`` seconds pass; then close them all and print ``DONE``.
@@ -57,9 +58,9 @@ class WSClient(asyncio.Protocol):
         self.is_upgraded = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport = tr = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
         key = base64.b64encode(os.urandom(16))
-        transport.write(
+        tr.write(
             b"GET /ws HTTP/1.1\r\nHost: "
             + self.host_header.encode()
             + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -156,17 +157,19 @@ async def run_rt(args: argparse.Namespace) -> None:
                           "failed": failed}))
         return
     t0 = time.perf_counter()
+    c0 = time.process_time()
     for s in sessions:
         s.start()
     await asyncio.sleep(args.duration)
     for s in sessions:
         s.running = False
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     total = sum(s.count for s in sessions)
     await close_all(sessions)
     print(json.dumps({"roundtrips": total, "seconds": round(elapsed, 3),
                       "rate": round(total / elapsed, 1), "conns": len(sessions),
-                      "failed": failed}), flush=True)
+                      "failed": failed, "cpu_seconds": round(cpu, 3)}), flush=True)
 
 
 async def run_idle(args: argparse.Namespace) -> None:
