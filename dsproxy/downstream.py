@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from dsproxy.addr import Family, family_of, normalise_ip
+from dsproxy.codec import wire
 from dsproxy.codec.base import CodecFactory, Headers, RequestHead, ResponseHead, ServerCodec
 from dsproxy.config import Config
 from dsproxy.errors import ClientError, ProxyError, UpstreamError
@@ -337,7 +338,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 error.detail,
                 extra={"client": self.client_ip, "kind": error.kind},
             )
-            self._respond_error(error)
+            self._send_error(error)
         else:
             log.warning(
                 "upstream failed mid-response, aborting client: %s",
@@ -567,9 +568,6 @@ class DownstreamProtocol(asyncio.Protocol):
             up.abort()
         self.upstream_failed(None, UpstreamError(detail, kind="protocol"))
 
-    def _respond_error(self, error: ProxyError) -> None:
-        self._send_error(error)
-
     def _send_error(self, error: ProxyError) -> None:
         transport = self.transport
         if transport is None or self.state == CLOSED:
@@ -578,15 +576,10 @@ class DownstreamProtocol(asyncio.Protocol):
         reason, headers, body = error_response(error.status)
         self.status = error.status
         self.bytes_sent = len(body)
-        try:
-            data = (
-                b"HTTP/1.1 %d %s\r\n" % (error.status, reason)
-                + b"".join(b"%s: %s\r\n" % h for h in headers)
-                + b"\r\n"
-                + (body if self.req is None or self.req.method != b"HEAD" else b"")
-            )
-        except Exception:  # pragma: no cover - defensive
-            data = b""
+        # Written raw, not through the codec: the connection closes right after.
+        data = wire.status_head(error.status, reason, headers)
+        if self.req is None or self.req.method != b"HEAD":
+            data += body
         self._record(error.kind)
         transport.write(data)
         self._shutdown_transport()

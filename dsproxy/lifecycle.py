@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -38,7 +37,6 @@ class Lifecycle:
         self.stop_requested = asyncio.Event()
         self.force = asyncio.Event()
         self.ready = False
-        self.reload_requested: Callable[[], None] | None = None
 
     def on_stop_signal(self) -> None:
         if self.stop_requested.is_set():
@@ -195,8 +193,3 @@ def run(config: Config) -> int:
 
         return supervise(config)
     return run_main(serve(config))
-
-
-def main_error(message: str) -> int:
-    print(f"dsproxy: {message}", file=sys.stderr)
-    return 2

@@ -417,10 +417,6 @@ class UpstreamPool:
         if idle:
             self._sweeper = asyncio.get_running_loop().call_later(POOL_SWEEP_SECONDS, self._sweep)
 
-    @property
-    def idle_count(self) -> int:
-        return len(self._idle)
-
     def close(self) -> None:
         """Close idle connections and cancel connects; busy ones close with their exchange."""
         self.closing = True
