@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -45,9 +45,10 @@ def utc() -> Iterator[None]:
     time.tzset()
 
 
-def combined(record: RequestRecord | TunnelRecord) -> str:
+def one_line(fmt: Literal["combined", "json"], record: RequestRecord | TunnelRecord) -> str:
+    """The single line (without its newline) that ``record`` produces in ``fmt``."""
     out = io.StringIO()
-    log = AccessLog("combined", out)
+    log = AccessLog(fmt, out)
     if isinstance(record, RequestRecord):
         log.request_done(record)
     else:
@@ -59,17 +60,12 @@ def combined(record: RequestRecord | TunnelRecord) -> str:
     return text[:-1]
 
 
+def combined(record: RequestRecord | TunnelRecord) -> str:
+    return one_line("combined", record)
+
+
 def as_json(record: RequestRecord | TunnelRecord) -> dict[str, Any]:
-    out = io.StringIO()
-    log = AccessLog("json", out)
-    if isinstance(record, RequestRecord):
-        log.request_done(record)
-    else:
-        log.websocket_closed(record)
-    log.flush()
-    text = out.getvalue()
-    assert text.endswith("\n")
-    assert text.count("\n") == 1
+    text = one_line("json", record)
     entry = json.loads(text)
     assert isinstance(entry, dict)
     return entry
