@@ -22,7 +22,7 @@ Both are written when the request (or session) ends, with its end time.
 Flushing: lines are gathered in memory and written in batches, never one
 syscall per request (too slow at 50k req/s). A batch goes out when it reaches
 ``PIPE_BUF_BYTES`` and whenever the server calls ``flush()`` (every
-``ACCESS_LOG_FLUSH_SECONDS`` and at exit). Each write holds whole lines and at
+``dsproxy.lifecycle.FLUSH_SECONDS`` and at exit). Each write holds whole lines and at
 most PIPE_BUF bytes, which POSIX makes atomic on a pipe: several worker
 processes sharing one stdout never tear or interleave each other's lines.
 """

@@ -36,7 +36,6 @@ from dsproxy.forwarding import (
     build_client_response,
     build_switch_response,
     build_upstream_request,
-    check_request,
     error_response,
     is_trusted,
 )
@@ -167,10 +166,11 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         now = self.loop.time()
         self._client_activity = now
+        arm_head = False
         if self.state == IDLE:
             if not self._head_started:
                 self._head_started = now
-                self._arm(now + self.header_timeout)
+                arm_head = True
         elif self.request_done:
             # Pipelined bytes while a response is in flight: the codec keeps
             # them; stop reading so a client cannot make us buffer without bound.
@@ -179,6 +179,11 @@ class DownstreamProtocol(asyncio.Protocol):
             self.codec.feed(data)
         except ClientError as exc:
             self._client_fault(exc)
+            return
+        if arm_head and self.state == IDLE and self._head_started:
+            # The head spans reads: it is due header_timeout after its first byte.
+            # (A head that arrived whole, the usual case, costs no timer call.)
+            self._arm(now + self.header_timeout)
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
@@ -229,8 +234,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.wall_start = time.time()
         assert self.ctx is not None
         try:
-            check_request(head, self.max_body_bytes)
-            self.up_req = build_upstream_request(head, self.ctx)
+            self.up_req = build_upstream_request(head, self.ctx, max_body_bytes=self.max_body_bytes)
         except ClientError as exc:
             self._client_fault(exc)
             return
@@ -504,29 +508,13 @@ class DownstreamProtocol(asyncio.Protocol):
         req = self.req
         if req is None:
             return
-        host = referer = agent = b""
-        for name, value in req.headers:
-            n = len(name)
-            if n == 4 or n == 7 or n == 10:
-                lname = name.lower()
-                if lname == b"host":
-                    host = value
-                elif lname == b"referer":
-                    referer = value
-                elif lname == b"user-agent":
-                    agent = value
         now = self.loop.time()
         self.shared.observer.request_done(
             RequestRecord(
                 client_ip=self.client_ip,
                 client_port=self.client_port,
                 family=self.family,
-                method=req.method.decode("latin-1"),
-                target=req.target.decode("latin-1"),
-                http_version=req.version.decode("latin-1"),
-                host=host.decode("latin-1"),
-                referer=referer.decode("latin-1"),
-                user_agent=agent.decode("latin-1"),
+                head=req,
                 status=self.status,
                 bytes_received=self.bytes_received,
                 bytes_sent=self.bytes_sent,

@@ -66,12 +66,29 @@ def is_trusted(client_ip: str, networks: Iterable[IPNetwork]) -> bool:
     return any(ip in net for net in nets)
 
 
-def _connection_tokens(headers: Headers) -> set[bytes]:
-    tokens: set[bytes] = set()
+def _listed(value: bytes) -> list[bytes]:
+    """The field names a Connection header value lists (RFC 9110 §7.6.1), lower-cased."""
+    return [t for t in (t.strip().lower() for t in value.split(b",")) if t]
+
+
+def _end_to_end(headers: Headers, hop: frozenset[bytes]) -> Headers:
+    """``headers`` without the hop-by-hop ones: names in ``hop`` and those Connection lists.
+
+    One pass; a second one only when Connection names a field outside ``hop``.
+    """
+    out: Headers = []
+    listed: list[bytes] = []
     for name, value in headers:
-        if len(name) == 10 and name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return tokens
+        lname = name.lower()
+        if lname in hop:
+            if lname == b"connection":
+                listed += _listed(value)
+            continue
+        out.append((name, value))
+    extra = {t for t in listed if t not in hop}
+    if extra:
+        out = [(n, v) for n, v in out if n.lower() not in extra]
+    return out
 
 
 @dataclass(slots=True)
@@ -86,49 +103,60 @@ class UpstreamRequest:
     host: bytes  # the Host the client asked for (for logs and X-Forwarded-Host)
 
 
-def check_request(head: RequestHead, max_body_bytes: int) -> None:
-    """Refuse what a reverse proxy must not forward (raises ClientError)."""
+def build_upstream_request(
+    head: RequestHead, ctx: ClientContext, *, max_body_bytes: int = 0
+) -> UpstreamRequest:
+    """Check a client request and rewrite it for the upstream, in one pass over its headers.
+
+    Raises ClientError for what a reverse proxy must refuse: CONNECT (405), a
+    declared body over ``max_body_bytes`` (413, 0 = no limit), an HTTP/1.1
+    request without exactly one Host (400, RFC 9112 §3.2).
+    """
     if head.method == b"CONNECT":
         raise ClientError("CONNECT is not supported by a reverse proxy", status=405)
     if max_body_bytes and head.content_length is not None and head.content_length > max_body_bytes:
         raise ClientError("request body too large", status=413, kind="body_too_large")
-    if head.version == b"1.1":
-        hosts = sum(1 for name, _ in head.headers if len(name) == 4 and name.lower() == b"host")
-        # RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request, else 400.
-        if hosts != 1:
-            raise ClientError("an HTTP/1.1 request needs exactly one Host header", status=400)
-
-
-def build_upstream_request(head: RequestHead, ctx: ClientContext) -> UpstreamRequest:
-    """Rewrite a client request for the upstream in one pass over its headers."""
-    listed = _connection_tokens(head.headers)
-    drop = _DROP_REQUEST | listed if listed else _DROP_REQUEST
     out: Headers = []
+    listed: list[bytes] = []
+    hosts = 0
     host = b""
     xff = b""
     real_ip = b""
     proto = b""
     wants_trailers = False
+    trusted = ctx.trusted
+    preserve_host = ctx.preserve_host
     for name, value in head.headers:
         lname = name.lower()
-        if lname in drop:
-            if ctx.trusted:
+        if lname in _DROP_REQUEST:
+            if lname == b"connection":
+                listed += _listed(value)
+            elif lname == b"te":
+                # RFC 9110 §10.1.4: the client accepts trailers; we pass them through.
+                wants_trailers = wants_trailers or b"trailers" in value.lower()
+            elif trusted:
                 if lname == b"x-forwarded-for":
                     xff = value if not xff else xff + b", " + value
                 elif lname == b"x-real-ip":
                     real_ip = value
                 elif lname == b"x-forwarded-proto":
                     proto = value
-            if lname == b"te" and b"trailers" in value.lower():
-                wants_trailers = True
             continue
         if lname == b"host":
+            hosts += 1
             host = value
-            if not ctx.preserve_host:
+            if not preserve_host:
                 continue
         out.append((name, value))
+    if hosts != 1 and head.version == b"1.1":
+        raise ClientError("an HTTP/1.1 request needs exactly one Host header", status=400)
+    # Fields the client's Connection header lists end at this hop too; Host is
+    # end-to-end and mandatory, so a Connection token naming it is ignored.
+    extra = {t for t in listed if t not in _DROP_REQUEST and t != b"host"}
+    if extra:
+        out = [(n, v) for n, v in out if n.lower() not in extra]
     client = ctx.client_ip.encode("ascii")
-    if not host or not ctx.preserve_host:
+    if not host or not preserve_host:
         out.append((b"Host", ctx.upstream_authority))
     out.append((b"X-Forwarded-For", xff + b", " + client if xff else client))
     out.append((b"X-Real-IP", real_ip or client))
@@ -136,7 +164,6 @@ def build_upstream_request(head: RequestHead, ctx: ClientContext) -> UpstreamReq
     out.append((b"X-Forwarded-Host", host or ctx.upstream_authority))
     out.append((b"X-Forwarded-Port", ctx.listen_port))
     if wants_trailers:
-        # RFC 9110 §10.1.4: we pass trailers through, so the client's consent holds.
         out.append((b"TE", b"trailers"))
     websocket = head.upgrade == b"websocket"
     if websocket:
@@ -164,9 +191,7 @@ def build_client_response(
     resp: ResponseHead, request: RequestHead, *, close: bool
 ) -> ClientResponse:
     """Rewrite an upstream response for the client; ``close`` when we will close anyway."""
-    listed = _connection_tokens(resp.headers)
-    drop = HOP_BY_HOP | listed if listed else HOP_BY_HOP
-    out: Headers = [(n, v) for n, v in resp.headers if n.lower() not in drop]
+    out = _end_to_end(resp.headers, HOP_BY_HOP)
     chunked = False
     if resp.content_length is None and response_has_body(request.method, resp.status):
         if request.version == b"1.1":
@@ -183,9 +208,7 @@ def build_client_response(
 
 def build_switch_response(resp: ResponseHead) -> Headers:
     """Headers of a 101 for a WebSocket upgrade: hop-by-hop stripped, upgrade restated."""
-    listed = _connection_tokens(resp.headers)
-    drop = HOP_BY_HOP | listed
-    out: Headers = [(n, v) for n, v in resp.headers if n.lower() not in drop]
+    out = _end_to_end(resp.headers, HOP_BY_HOP)
     out.append((b"Upgrade", b"websocket"))
     out.append((b"Connection", b"Upgrade"))
     return out

@@ -26,8 +26,8 @@ from dsproxy.server import ProxyServer
 
 log = logging.getLogger("dsproxy")
 
-# How often buffered access-log lines are flushed.
-ACCESS_LOG_FLUSH_SECONDS = 1.0
+# How often buffered access-log lines and batched metric counts are flushed.
+FLUSH_SECONDS = 1.0
 
 
 class Lifecycle:
@@ -131,7 +131,8 @@ async def serve(
         nonlocal flusher
         if access is not None:
             access.flush()
-        flusher = loop.call_later(ACCESS_LOG_FLUSH_SECONDS, flush)
+        metrics.flush()
+        flusher = loop.call_later(FLUSH_SECONDS, flush)
 
     flush()
     life.ready = True
@@ -163,6 +164,7 @@ async def serve(
             await admin.close()
         if access is not None:
             access.flush()
+        metrics.flush()
     log.info("stopped")
     return 0
 

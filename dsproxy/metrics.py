@@ -3,8 +3,15 @@
 Every metric lives in a registry owned by ``Metrics`` (never the global one),
 so tests read values with ``registry.get_sample_value``.
 
-Hot path: labelled children are resolved once and kept in dicts, so a request
-costs a dict lookup and an ``inc`` instead of a ``labels()`` call. Label values
+Hot path: a request costs one histogram ``observe`` and a few plain integer
+additions. client_python takes a lock on every ``inc``/``set``, so the
+per-request counters (requests by code and family, body bytes, pooled or fresh
+upstream connections) and the pool gauge are kept as plain ints and moved into
+the client_python objects by ``flush()``. Every collection of the registry
+flushes first (a collector registered before the metrics does it), so a scrape
+of this process is exact; the worker also flushes every second, which is what
+the supervisor's multiprocess scrape sees (at most a second behind). Labelled
+children are resolved once and kept in dicts. Label values
 are bounded: ``code`` is the status as a string (``"0"`` when nothing could be
 sent, ``"other"`` outside 100..599), ``family`` is ipv4 | ipv6, and an unknown
 error kind is counted as ``"other"``.
@@ -30,6 +37,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.metrics_core import Metric
 
 from dsproxy.addr import Family
 from dsproxy.records import CLIENT_ERROR_KINDS, UPSTREAM_ERROR_KINDS, RequestRecord, TunnelRecord
@@ -108,12 +116,31 @@ def _family_label(family: str) -> str:
     return family if family in FAMILIES else OTHER
 
 
+class _FlushFirst:
+    """A collector without metrics of its own: collecting it flushes ``Metrics``.
+
+    Registered before every metric, so the registry's ``collect()`` (scrapes,
+    ``get_sample_value``) runs it first and then reads up-to-date values.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        self._metrics.flush()
+        return []
+
+
 class Metrics:
     """The Prometheus observer. Never raises: a failure is logged once and dropped."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
+        reg.register(_FlushFirst(self))
         multiprocess = multiprocess_enabled()
         if not multiprocess and registry is None:
             # process_* (CPU, RSS, open fds); per-pid series make no sense when summed.
@@ -218,6 +245,13 @@ class Metrics:
         self._reused = self.upstream_requests_total.labels("true")
         self._fresh = self.upstream_requests_total.labels("false")
         self._failed = False
+        # Not yet flushed (see the module docstring).
+        self._pending_requests: dict[tuple[int, str], int] = {}
+        self._pending_bytes_received = 0
+        self._pending_bytes_sent = 0
+        self._pending_reused = 0
+        self._pending_fresh = 0
+        self._pending_pool_idle: int | None = None
 
     # -- helpers ---------------------------------------------------------------
     def _fault(self, exc: Exception) -> None:
@@ -249,17 +283,44 @@ class Metrics:
     def request_done(self, record: RequestRecord) -> None:
         try:
             key = (record.status, record.family)
-            child = self._requests.get(key)
-            if child is None:
-                child = self._requests[key] = self.requests_total.labels(
-                    _code_label(record.status), _family_label(record.family)
-                )
-            child.inc()
+            pending = self._pending_requests
+            pending[key] = pending.get(key, 0) + 1
             self.request_duration.observe(record.duration)
             if record.bytes_received > 0:
-                self.bytes_received_total.inc(record.bytes_received)
+                self._pending_bytes_received += record.bytes_received
             if record.bytes_sent > 0:
-                self.bytes_sent_total.inc(record.bytes_sent)
+                self._pending_bytes_sent += record.bytes_sent
+        except Exception as exc:
+            self._fault(exc)
+
+    def flush(self) -> None:
+        """Move the hot-path counts into the client_python metrics."""
+        try:
+            pending = self._pending_requests
+            if pending:
+                self._pending_requests = {}
+                for (status, family), count in pending.items():
+                    child = self._requests.get((status, family))
+                    if child is None:
+                        child = self._requests[(status, family)] = self.requests_total.labels(
+                            _code_label(status), _family_label(family)
+                        )
+                    child.inc(count)
+            if self._pending_bytes_received:
+                count, self._pending_bytes_received = self._pending_bytes_received, 0
+                self.bytes_received_total.inc(count)
+            if self._pending_bytes_sent:
+                count, self._pending_bytes_sent = self._pending_bytes_sent, 0
+                self.bytes_sent_total.inc(count)
+            if self._pending_reused:
+                count, self._pending_reused = self._pending_reused, 0
+                self._reused.inc(count)
+            if self._pending_fresh:
+                count, self._pending_fresh = self._pending_fresh, 0
+                self._fresh.inc(count)
+            if self._pending_pool_idle is not None:
+                count, self._pending_pool_idle = self._pending_pool_idle, None
+                self.upstream_pool_idle.set(count)
         except Exception as exc:
             self._fault(exc)
 
@@ -282,16 +343,13 @@ class Metrics:
             self._fault(exc)
 
     def upstream_acquired(self, reused: bool) -> None:
-        try:
-            (self._reused if reused else self._fresh).inc()
-        except Exception as exc:
-            self._fault(exc)
+        if reused:
+            self._pending_reused += 1
+        else:
+            self._pending_fresh += 1
 
     def pool_idle(self, count: int) -> None:
-        try:
-            self.upstream_pool_idle.set(count)
-        except Exception as exc:
-            self._fault(exc)
+        self._pending_pool_idle = count
 
     def websocket_opened(self) -> None:
         try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dsproxy.addr import Family
+from dsproxy.codec.base import RequestHead
 
 # Bounded label values for client_error(kind).
 CLIENT_ERROR_KINDS = (
@@ -26,27 +27,112 @@ CLIENT_ERROR_KINDS = (
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
 
 
-@dataclass(slots=True)
 class RequestRecord:
-    """One finished request (proxied, or answered by the proxy itself)."""
+    """One finished request (proxied, or answered by the proxy itself).
 
-    client_ip: str  # normalised: never ::ffff:a.b.c.d
-    client_port: int
-    family: Family
-    method: str
-    target: str
-    http_version: str  # "1.1" / "1.0"
-    host: str
-    referer: str
-    user_agent: str
-    status: int  # status sent to the client (0 when nothing could be sent)
-    bytes_received: int  # request body bytes read from the client
-    bytes_sent: int  # response body bytes written to the client
-    start_time: float  # wall clock (time.time()) when the head was complete
-    duration: float  # seconds, head complete -> response complete
-    upstream_addr: str | None  # "10.0.0.1:18080" / "[::1]:18080"
-    upstream_duration: float | None  # seconds from upstream request sent to response end
-    error: str | None  # ProxyError.kind when the proxy answered or aborted
+    Made once per request on the hot path, so it keeps the parsed request head
+    and decodes the text fields (method, target, version, Host, Referer,
+    User-Agent) only when they are read: the access log reads them, metrics
+    never do.
+    """
+
+    __slots__ = (
+        "client_ip",
+        "client_port",
+        "family",
+        "head",
+        "status",
+        "bytes_received",
+        "bytes_sent",
+        "start_time",
+        "duration",
+        "upstream_addr",
+        "upstream_duration",
+        "error",
+        "_fields",
+    )
+
+    def __init__(
+        self,
+        *,
+        client_ip: str,  # normalised: never ::ffff:a.b.c.d
+        client_port: int,
+        family: Family,
+        head: RequestHead,  # the request as the client sent it
+        status: int,  # status sent to the client (0 when nothing could be sent)
+        bytes_received: int,  # request body bytes read from the client
+        bytes_sent: int,  # response body bytes written to the client
+        start_time: float,  # wall clock (time.time()) when the head was complete
+        duration: float,  # seconds, head complete -> response complete
+        upstream_addr: str | None,  # "10.0.0.1:18080" / "[::1]:18080"
+        upstream_duration: float | None,  # seconds from upstream request sent to response end
+        error: str | None,  # ProxyError.kind when the proxy answered or aborted
+    ) -> None:
+        self.client_ip = client_ip
+        self.client_port = client_port
+        self.family = family
+        self.head = head
+        self.status = status
+        self.bytes_received = bytes_received
+        self.bytes_sent = bytes_sent
+        self.start_time = start_time
+        self.duration = duration
+        self.upstream_addr = upstream_addr
+        self.upstream_duration = upstream_duration
+        self.error = error
+        self._fields: tuple[str, str, str] | None = None
+
+    @property
+    def method(self) -> str:
+        return self.head.method.decode("latin-1")
+
+    @property
+    def target(self) -> str:
+        return self.head.target.decode("latin-1")
+
+    @property
+    def http_version(self) -> str:
+        """``"1.1"`` / ``"1.0"``."""
+        return self.head.version.decode("latin-1")
+
+    def _scan(self) -> tuple[str, str, str]:
+        fields = self._fields
+        if fields is None:
+            host = referer = agent = b""
+            for name, value in self.head.headers:
+                n = len(name)
+                if n == 4 or n == 7 or n == 10:
+                    lname = name.lower()
+                    if lname == b"host":
+                        host = value
+                    elif lname == b"referer":
+                        referer = value
+                    elif lname == b"user-agent":
+                        agent = value
+            fields = self._fields = (
+                host.decode("latin-1"),
+                referer.decode("latin-1"),
+                agent.decode("latin-1"),
+            )
+        return fields
+
+    @property
+    def host(self) -> str:
+        return self._scan()[0]
+
+    @property
+    def referer(self) -> str:
+        return self._scan()[1]
+
+    @property
+    def user_agent(self) -> str:
+        return self._scan()[2]
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestRecord({self.client_ip}:{self.client_port} {self.method} {self.target!r}"
+            f" -> {self.status}, error={self.error})"
+        )
 
 
 @dataclass(slots=True)

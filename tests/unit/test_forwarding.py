@@ -14,7 +14,6 @@ from dsproxy.forwarding import (
     build_client_response,
     build_switch_response,
     build_upstream_request,
-    check_request,
     check_switch,
     error_response,
     is_trusted,
@@ -215,16 +214,27 @@ def test_te_trailers_kept() -> None:
         (request([(b"Host", b"h")], content_length=101), 413),
     ],
 )
-def test_check_request_refuses(head: RequestHead, status: int) -> None:
+def test_refusals(head: RequestHead, status: int) -> None:
     with pytest.raises(ClientError) as info:
-        check_request(head, max_body_bytes=100)
+        build_upstream_request(head, ctx(), max_body_bytes=100)
     assert info.value.status == status
 
 
-def test_check_request_accepts() -> None:
-    check_request(request([(b"Host", b"h")], content_length=100), max_body_bytes=100)
-    check_request(request([(b"Host", b"h")], content_length=10**9), max_body_bytes=0)
-    check_request(request([], version=b"1.0"), max_body_bytes=0)
+def test_accepted_bodies_and_hosts() -> None:
+    head = request([(b"Host", b"h")], content_length=100)
+    build_upstream_request(head, ctx(), max_body_bytes=100)
+    build_upstream_request(request([(b"Host", b"h")], content_length=10**9), ctx())
+    up = build_upstream_request(request([], version=b"1.0"), ctx())
+    assert values(up.headers, b"host") == [b"gateway:18080"]
+
+
+def test_connection_cannot_drop_host() -> None:
+    """Host is mandatory end to end: a Connection token naming it is ignored."""
+    head = request([(b"Host", b"public.example"), (b"Connection", b"host, x-trace")])
+    head.headers.append((b"X-Trace", b"1"))
+    up = build_upstream_request(head, ctx(preserve_host=True))
+    assert values(up.headers, b"host") == [b"public.example"]
+    assert values(up.headers, b"x-trace") == []
 
 
 # ============================================================ responses

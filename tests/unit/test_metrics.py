@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from dsproxy.codec.base import RequestHead
 from dsproxy.metrics import (
     MULTIPROC_DIR_ENV,
     Metrics,
@@ -30,17 +31,38 @@ from dsproxy.records import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def request(**overrides: Any) -> RequestRecord:
+def request(
+    *,
+    method: str = "GET",
+    target: str = "/",
+    http_version: str = "1.1",
+    host: str = "example.test",
+    referer: str = "",
+    user_agent: str = "",
+    **overrides: Any,
+) -> RequestRecord:
+    """A record of a request with these head fields (the record decodes them from the head)."""
+    headers: list[tuple[bytes, bytes]] = [(b"Host", host.encode("latin-1"))] if host else []
+    if referer:
+        headers.append((b"Referer", referer.encode("latin-1")))
+    if user_agent:
+        headers.append((b"User-Agent", user_agent.encode("latin-1")))
+    head = RequestHead(
+        method.encode("latin-1"),
+        target.encode("latin-1"),
+        http_version.encode("latin-1"),
+        headers,
+        True,
+        None,
+        False,
+        None,
+        False,
+    )
     fields: dict[str, Any] = dict(
         client_ip="10.0.0.1",
         client_port=50000,
         family="ipv4",
-        method="GET",
-        target="/",
-        http_version="1.1",
-        host="example.test",
-        referer="",
-        user_agent="",
+        head=head,
         status=200,
         bytes_received=0,
         bytes_sent=0,
@@ -201,14 +223,19 @@ WORKER_SCRIPT = textwrap.dedent(
     import os
     from prometheus_client import generate_latest
     from dsproxy.metrics import Metrics, metrics_registry_for_scrape
+    from dsproxy.codec.base import RequestHead
     from dsproxy.records import RequestRecord
 
     m = Metrics()
+    head = RequestHead(b"GET", b"/", b"1.1", [(b"Host", b"h")], True, None, False, None, False)
     for _ in range(3):
-        m.request_done(RequestRecord("10.0.0.1", 1, "ipv4", "GET", "/", "1.1", "h", "", "", 200,
-                                     0, 5, 0.0, 0.01, None, None, None))
+        m.request_done(RequestRecord(client_ip="10.0.0.1", client_port=1, family="ipv4",
+                                     head=head, status=200, bytes_received=0, bytes_sent=5,
+                                     start_time=0.0, duration=0.01, upstream_addr=None,
+                                     upstream_duration=None, error=None))
     m.connection_opened("ipv4")
     m.pool_idle(2)
+    m.flush()  # a worker flushes every second and when it stops
     scraped = metrics_registry_for_scrape(m.registry)
     assert scraped is not m.registry
     print(os.getpid())
