@@ -66,8 +66,14 @@ def is_trusted(client_ip: str, networks: Iterable[IPNetwork]) -> bool:
     return any(ip in net for net in nets)
 
 
+# Connection values that list only hop-by-hop names (the usual ones): nothing more to strip.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade"})
+
+
 def _listed(value: bytes) -> list[bytes]:
     """The field names a Connection header value lists (RFC 9110 §7.6.1), lower-cased."""
+    if value in _PLAIN_CONNECTION:
+        return []
     return [t for t in (t.strip().lower() for t in value.split(b",")) if t]
 
 

@@ -51,50 +51,54 @@ _LINE_OVERHEAD = 14  # two spaces, "HTTP/1.1", CRLF, the blank line's CRLF
 _HEAD_END = b"\r\n\r\n"
 
 
-class _Framing:
-    """What a head says about its body and the connection (one scan of the fields)."""
+_NO_TOKENS: tuple[bytes, ...] = ()
 
-    __slots__ = ("content_length", "te", "te_count", "connection", "upgrade", "expect", "host")
+# (content_length, chunked, connection tokens, upgrade tokens, expect 100-continue, has Host)
+# where chunked is True, False, or the reason to refuse the Transfer-Encoding (h11: 501).
+_Framing = tuple[int | None, "bool | str", tuple[bytes, ...], tuple[bytes, ...], bool, bool]
 
-    def __init__(self, headers: Headers) -> None:
-        self.content_length: int | None = None
-        self.te: bytes | None = None
-        self.te_count = 0
-        self.connection: list[bytes] = []
-        self.upgrade: list[bytes] = []
-        self.expect = False
-        self.host = False
-        for name, value in headers:
-            n = len(name)
-            if n == 4:
-                if name.lower() == b"host":
-                    self.host = True
-            elif n == 14:
-                if name.lower() == b"content-length":
-                    # llhttp already refused non-digits and duplicates.
-                    self.content_length = int(value)
-            elif n == 17:
-                if name.lower() == b"transfer-encoding":
-                    self.te = value
-                    self.te_count += 1
-            elif n == 10:
-                if name.lower() == b"connection":
-                    self.connection.extend(t.strip().lower() for t in value.split(b","))
-            elif n == 7:
-                if name.lower() == b"upgrade":
-                    self.upgrade.extend(t.strip().lower() for t in value.split(b","))
-            elif n == 6 and name.lower() == b"expect":
-                self.expect = b"100-continue" in value.lower()
 
-    def chunked_or_refuse(self) -> bool | str:
-        """True for ``chunked``, False for no TE, else the refusal reason (h11: 501)."""
-        if self.te is None:
-            return False
-        if self.te_count > 1:
-            return "multiple Transfer-Encoding headers"
-        if self.te.strip().lower() != b"chunked":
-            return "Only Transfer-Encoding: chunked is supported"
-        return True
+def _tokens(value: bytes) -> tuple[bytes, ...]:
+    return tuple(t.strip().lower() for t in value.split(b","))
+
+
+def _framing(headers: Headers) -> _Framing:
+    """What a head says about its body and the connection, in one scan of its fields."""
+    content_length: int | None = None
+    te: bytes | None = None
+    te_count = 0
+    connection = upgrade = _NO_TOKENS
+    expect = host = False
+    for name, value in headers:
+        n = len(name)
+        if n == 4:
+            if name.lower() == b"host":
+                host = True
+        elif n == 14:
+            if name.lower() == b"content-length":
+                # llhttp already refused non-digits and duplicates.
+                content_length = int(value)
+        elif n == 17:
+            if name.lower() == b"transfer-encoding":
+                te = value
+                te_count += 1
+        elif n == 10:
+            if name.lower() == b"connection":
+                connection += _tokens(value)
+        elif n == 7:
+            if name.lower() == b"upgrade":
+                upgrade += _tokens(value)
+        elif n == 6 and name.lower() == b"expect":
+            expect = b"100-continue" in value.lower()
+    chunked: bool | str = False
+    if te is not None:
+        if te_count > 1:
+            chunked = "multiple Transfer-Encoding headers"
+        elif te.strip().lower() != b"chunked":
+            chunked = "Only Transfer-Encoding: chunked is supported"
+        else:
+            chunked = True
+    return content_length, chunked, connection, upgrade, expect, host
 
 
 def _version(parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> bytes:
@@ -229,33 +233,32 @@ class HttptoolsServerCodec(ServerCodec):
         if version != b"1.1" and version != b"1.0":
             raise ClientError(f"unsupported HTTP version {version!r}", status=400)
         headers = self._headers
-        f = _Framing(headers)
-        chunked = f.chunked_or_refuse()
-        if isinstance(chunked, str):
-            raise ClientError(chunked, status=501)
-        if chunked and f.content_length is not None:
+        content_length, chunked, connection, upgrades, expect, host = _framing(headers)
+        if chunked.__class__ is str:
+            raise ClientError(str(chunked), status=501)
+        if chunked and content_length is not None:
             # RFC 9112 §6.1: a proxy forwarding both invites request smuggling.
             raise ClientError("both Content-Length and Transfer-Encoding", status=400)
-        if version == b"1.1" and not f.host:
+        if version == b"1.1" and not host:
             raise ClientError("Missing mandatory Host: header", status=400)  # RFC 9112 §3.2
         upgrade = None
-        if b"upgrade" in f.connection and f.upgrade:
-            upgrade = f.upgrade[0]
-        self._cur_content_length = f.content_length
-        self._cur_chunked = chunked
+        if upgrades and b"upgrade" in connection:
+            upgrade = upgrades[0]
+        self._cur_content_length = content_length
+        self._cur_chunked = chunked is True
         self._parse_in_head = False
         self._in_trailers = True
         self._head_size = 0
         head = RequestHead(
-            method=method,
-            target=self._url,
-            version=version,
-            headers=headers,
-            keep_alive=version == b"1.1" and b"close" not in f.connection,
-            content_length=f.content_length,
-            chunked=chunked,
-            upgrade=upgrade,
-            expect_continue=f.expect,
+            method,
+            self._url,
+            version,
+            headers,
+            version == b"1.1" and b"close" not in connection,  # keep_alive
+            content_length,
+            chunked is True,
+            upgrade,
+            expect,  # expect_continue
         )
         if self._blocked:
             self._queue.append((_HEAD, head))
@@ -531,18 +534,17 @@ class HttptoolsClientCodec(ClientCodec):
         self._in_trailers = True
         self._heads += 1
         version = _version(parser)
-        f = _Framing(self._headers)
-        chunked = f.chunked_or_refuse()
-        if isinstance(chunked, str):
+        content_length, chunked, connection, _, _, _ = _framing(self._headers)
+        if chunked.__class__ is str:
             raise UpstreamError(f"invalid response: {chunked}", kind="protocol")
-        if chunked and f.content_length is not None:
+        if chunked and content_length is not None:
             raise UpstreamError(
                 "response has both Content-Length and Transfer-Encoding", kind="protocol"
             )
         head_request = self._method == b"HEAD"
-        keep_alive = version == b"1.1" and b"close" not in f.connection
+        keep_alive = version == b"1.1" and b"close" not in connection
         if (
-            f.content_length is None
+            content_length is None
             and not chunked
             and status >= 200
             and status != 204
@@ -554,13 +556,13 @@ class HttptoolsClientCodec(ClientCodec):
         if status == 101 and not self._upgrade_requested:
             raise UpstreamError("101 Switching Protocols without an Upgrade request")
         head = ResponseHead(
-            status=status,
-            reason=self._reason,
-            version=version,
-            headers=self._headers,
-            keep_alive=keep_alive,
-            content_length=f.content_length,
-            chunked=chunked,
+            status,
+            self._reason,
+            version,
+            self._headers,
+            keep_alive,
+            content_length,
+            chunked is True,
         )
         if status == 101 or (head_request and status >= 200):
             # llhttp cannot frame what follows (tunnel bytes; a bodiless HEAD
