@@ -153,6 +153,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.close()
         if owner is not None:
             owner.upstream_failed(self, error)
+        else:  # e.g. bytes behind a response already delivered: nobody to tell but the logs
+            self.pool.broken(self, error)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and data:
@@ -375,6 +377,10 @@ class UpstreamPool:
         try:
             if used:
                 conn.codec.start_next_cycle()
+        except UpstreamError as exc:  # bytes behind the response: never reuse
+            conn.close()
+            self.broken(conn, exc)
+            return
         except Exception:  # the codec disagrees that both messages are done
             conn.close()
             return
@@ -388,6 +394,11 @@ class UpstreamPool:
         self.observer.pool_idle(len(self._idle))
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(POOL_SWEEP_SECONDS, self._sweep)
+
+    def broken(self, conn: UpstreamConnection, error: UpstreamError) -> None:
+        """A connection no request owns broke the protocol (it is closed): count and log it."""
+        self.observer.upstream_error(error.kind)
+        log.warning("upstream %s: %s; connection closed", conn.peer, error.detail)
 
     def discard(self, conn: UpstreamConnection) -> None:
         """An idle connection went bad (EOF, stray bytes): close and forget it."""

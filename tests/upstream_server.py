@@ -5,7 +5,8 @@ Paths (query parameters in brackets):
     /echo            JSON: method, target, headers, body sha256/len, trailers, conn id
     /stream[n,chunked,cl]   n bytes of ``pattern_bytes`` (chunked unless cl=1)
     /slow[delay]     waits ``delay`` seconds before the head
-    /close-mid-body[chunked]  head + part of the body, then close
+    /close-mid-body[chunked,cl]  head + a tenth of the body (cl bytes, default 1000), then close
+    /extra[n]        a Content-Length response of n bytes (default 2) with bytes behind it
     /reset           close (RST) before sending anything
     /garbage         bytes that are not HTTP
     /clte            a response with both Content-Length and Transfer-Encoding
@@ -260,10 +261,19 @@ class Upstream:
                     b"5\r\nhello\r\n5\r\nworld\r\n"
                 )
             else:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
+                size = int(query.get("cl", "1000"))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+                writer.write(b"x" * (size // 10))
             await writer.drain()
             await asyncio.sleep(0.2)
             writer.transport.abort()
+            raise _Closed
+        if path == "/extra":
+            size = int(query.get("n", "2"))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            writer.write(b"y" * size + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra")
+            await writer.drain()
+            await asyncio.sleep(0.1)
             raise _Closed
         raw = {
             "/garbage": b"this is not HTTP at all\r\n\r\n",

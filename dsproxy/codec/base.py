@@ -137,7 +137,11 @@ class ClientCodec(ABC):
 
     @abstractmethod
     def start_next_cycle(self) -> None:
-        """Both messages are complete: ready for the next request."""
+        """Both messages are complete: ready for the next request.
+
+        Raises UpstreamError (kind ``protocol``) when the upstream sent bytes
+        behind the response: the connection must not be reused.
+        """
 
     @abstractmethod
     def switch_protocols(self) -> bytes:

@@ -240,6 +240,8 @@ class H11ClientCodec(ClientCodec):
 
     def start_next_cycle(self) -> None:
         self._conn.start_next_cycle()
+        if self._conn.trailing_data[0]:
+            raise UpstreamError("the upstream sent bytes behind the response", kind="protocol")
 
     def switch_protocols(self) -> bytes:
         self._switched = True

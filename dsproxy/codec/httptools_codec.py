@@ -16,6 +16,10 @@ method behind a response. This adapter adds what the codec contract needs:
 * Client side: HEAD responses and a 101 without Upgrade headers stop the
   parser (a fresh one is made for the next cycle); a close-delimited body
   ends at ``feed_eof()``.
+* Large Content-Length response bodies (``PASS_BODY_MIN_BYTES`` and up) stop
+  the parser after the head too: the body is then counted off the received
+  bytes and handed on as they are, with no copy by llhttp (a bulk download
+  costs one copy less per read).
 
 Version and keep-alive follow h11: only HTTP/1.1 without ``Connection:
 close`` is reused (h11 does not do HTTP/1.0 keep-alive).
@@ -49,6 +53,8 @@ _ERROR = 4
 _HEADER_OVERHEAD = 4  # ": " and CRLF around each field line
 _LINE_OVERHEAD = 14  # two spaces, "HTTP/1.1", CRLF, the blank line's CRLF
 _HEAD_END = b"\r\n\r\n"
+# Response bodies of at least this Content-Length bypass llhttp (see the module docstring).
+PASS_BODY_MIN_BYTES = 64 * 1024
 
 
 _NO_TOKENS: tuple[bytes, ...] = ()
@@ -468,10 +474,12 @@ class HttptoolsClientCodec(ClientCodec):
         self._awaiting = False  # a request was sent and its final response has not ended
         self._record: list[bytes] | None = None  # bytes of this cycle, to find a head's end
         self._heads = 0  # complete heads in this cycle
-        self._halted = False  # llhttp stopped (HEAD response or 101): new parser next cycle
+        self._halted = False  # llhttp stopped after a head: new parser next cycle
         self._switched = False  # a 101 was received
         self._tail = b""
         self._deferred: ResponseHead | None = None  # head delivered after llhttp stops
+        self._body_left = 0  # bytes of a passed-through Content-Length body still due
+        self._ended_in_feed = False  # a final response ended during the current feed
         # Per message.
         self._status = 0
         self._reason = b""
@@ -494,7 +502,7 @@ class HttptoolsClientCodec(ClientCodec):
             if len(name) == 7 and name.lower() == b"upgrade":
                 upgrade = True
         self._upgrade_requested = upgrade
-        self._record = [] if upgrade or method == b"HEAD" else None
+        self._record = []  # until the final head: where it ends, should llhttp stop
         return wire.request_head(method, target, headers)
 
     def encode_body(self, data: bytes) -> bytes:
@@ -509,6 +517,10 @@ class HttptoolsClientCodec(ClientCodec):
     # -- llhttp callbacks -------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._ended_in_feed:
+            # More bytes behind a complete response: never parse them as the
+            # answer to a request sent meanwhile on this connection.
+            raise UpstreamError("the upstream sent bytes behind the response", kind="protocol")
         self._reason = b""
         self._headers = []
         self._trailers = None
@@ -571,6 +583,18 @@ class HttptoolsClientCodec(ClientCodec):
             # the connection from inside the callback sees a settled codec.
             self._deferred = head
             raise _Halt
+        if status >= 200:
+            if (
+                content_length is not None
+                and content_length >= PASS_BODY_MIN_BYTES
+                and status != 204
+                and status != 304
+            ):
+                # A large body: count it off the raw bytes instead (no llhttp copy).
+                self._body_left = content_length
+                self._deferred = head
+                raise _Halt
+            self._record = None  # the final head is parsed: nothing more to look back on
         self._handler.on_response_head(head)
 
     def on_body(self, body: bytes) -> None:
@@ -581,17 +605,22 @@ class HttptoolsClientCodec(ClientCodec):
         if self._status < 200:
             return  # 1xx: the final head follows (or a 101 ends HTTP)
         self._awaiting = False
+        self._ended_in_feed = True
         trailers = self._trailers
         self._handler.on_response_end(trailers if trailers is not None else [])
 
     # -- parsing ----------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        if self._body_left:
+            self._pass_body(data)
+            return
         if self._switched or self._halted:
             self._tail += data
             return
         if self._record is not None:
             self._record.append(data)
+        self._ended_in_feed = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -616,10 +645,33 @@ class HttptoolsClientCodec(ClientCodec):
             self._switched = True
             self._handler.on_response_head(head)
             return
+        if self._body_left:
+            tail, self._tail = self._tail, b""
+            self._handler.on_response_head(head)
+            if tail:
+                self._pass_body(tail)
+            return
         # RFC 9110 §9.3.2: a response to HEAD has no body, whatever its framing says.
         self._in_message = False
         self._awaiting = False
         self._handler.on_response_head(head)
+        self._handler.on_response_end([])
+
+    def _pass_body(self, data: bytes) -> None:
+        """Hand on bytes of a passed-through body; end the response at its length."""
+        left = self._body_left
+        if len(data) < left:
+            self._body_left = left - len(data)
+            self._handler.on_response_body(data)
+            return
+        self._body_left = 0
+        if len(data) > left:
+            # Bytes behind the response: parsed (and refused) by the next cycle's parser.
+            self._tail = data[left:]
+            data = data[:left]
+        self._in_message = False
+        self._awaiting = False
+        self._handler.on_response_body(data)
         self._handler.on_response_end([])
 
     def _after_heads(self) -> bytes:
@@ -631,6 +683,10 @@ class HttptoolsClientCodec(ClientCodec):
         return data[pos:]
 
     def feed_eof(self) -> None:
+        if self._body_left:
+            self._body_left = 0
+            self._in_message = self._awaiting = False
+            raise UpstreamError("upstream closed mid-response", kind="reset")
         if self._switched or self._halted:
             return
         if self._eof_body and self._in_message:
@@ -647,12 +703,12 @@ class HttptoolsClientCodec(ClientCodec):
         self._record = None
         self._heads = 0
         if self._halted:
-            # A HEAD response stopped llhttp; any bytes behind it are parsed next cycle.
+            # llhttp was stopped after a head: a fresh parser for the next response.
             self._halted = False
             self._parser = httptools.HttpResponseParser(self)
             leftover, self._tail = self._tail, b""
             if leftover:
-                self.feed(leftover)
+                raise UpstreamError("the upstream sent bytes behind the response", kind="protocol")
 
     def switch_protocols(self) -> bytes:
         self._switched = True

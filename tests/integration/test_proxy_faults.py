@@ -189,17 +189,35 @@ def test_upstream_read_timeout_504(proxy_factory: ProxyFactory) -> None:
     still_serving(proxy)
 
 
-def test_upstream_dies_mid_body_content_length(proxy: RunningProxy) -> None:
+@pytest.mark.parametrize("size", [1000, 1_000_000])  # small, and a body passed by unparsed
+def test_upstream_dies_mid_body_content_length(proxy: RunningProxy, size: int) -> None:
     with proxy.connect() as sock:
-        sock.sendall(raw_request("GET", "/close-mid-body"))
+        sock.sendall(raw_request("GET", f"/close-mid-body?cl={size}"))
         reader = ResponseReader(sock)
         raw = reader.read_until_close()
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
-    assert b"content-length: 1000" in head.lower()
-    assert len(body) < 1000  # aborted, never padded or completed
+    assert b"content-length: %d" % size in head.lower()
+    assert len(body) < size  # aborted, never padded or completed
     with httpx.Client(timeout=5) as client, pytest.raises(httpx.RemoteProtocolError):
-        client.get(f"{proxy.url}/close-mid-body")
+        client.get(f"{proxy.url}/close-mid-body?cl={size}")
+    still_serving(proxy)
+
+
+@pytest.mark.parametrize("size", [2, 1_000_000])
+def test_bytes_behind_a_response_end_that_upstream_connection(
+    proxy: RunningProxy, size: int
+) -> None:
+    """The response is delivered; what the upstream sent behind it never answers anyone."""
+    with httpx.Client(timeout=5) as client:
+        for _ in range(3):
+            resp = client.get(f"{proxy.url}/extra?n={size}")
+            assert resp.status_code == 200
+            assert resp.content == b"y" * size
+            follow = client.get(f"{proxy.url}/echo")
+            assert follow.status_code == 200
+            assert follow.json()["target"] == "/echo"
+    assert "protocol" in proxy.observer.upstream_errors
     still_serving(proxy)
 
 

@@ -15,6 +15,7 @@ from dsproxy.codec.base import (
     ResponseHead,
     ServerCodec,
 )
+from dsproxy.codec.httptools_codec import PASS_BODY_MIN_BYTES
 from dsproxy.errors import ClientError, UpstreamError
 
 CODECS = ["h11", "httptools"]
@@ -458,6 +459,86 @@ def test_101_without_upgrade_headers(codec: CodecFactory) -> None:
     client.feed(b"HTTP/1.1 101 Switching Protocols\r\n\r\nRAW")
     assert rec.events == [("head", 101)]
     assert client.switch_protocols() == b"RAW"
+
+
+# -- client: large Content-Length bodies (httptools passes them by, unparsed) -----
+
+LARGE = PASS_BODY_MIN_BYTES + 12345  # over the httptools codec's threshold
+
+
+def large_response(size: int = LARGE, extra: bytes = b"") -> tuple[bytes, bytes]:
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Big: 1\r\n\r\n" % size
+    return head + body + extra, body
+
+
+@pytest.mark.parametrize("cuts", [[], [10], [60], [60, 61, 5000], [LARGE], [LARGE + 50]])
+def test_large_body_any_split(codec: CodecFactory, cuts: list[int]) -> None:
+    """The body arrives whole and exact however the reads fall, then the next cycle parses."""
+    handler = ReentrantHandler()
+    client = codec.client(handler)
+    handler.codec = client
+    client.encode_request_head(b"GET", b"/big", [(b"Host", b"up")], chunked=False)
+    client.encode_end([])
+    data, body = large_response()
+    start = 0
+    for cut in [*cuts, len(data)]:
+        client.feed(data[start:cut])
+        start = cut
+    assert handler.events[0] == ("head", 200)
+    assert handler.events[-1] == "end"
+    pieces = [e[1] for e in handler.events if isinstance(e, tuple) and e[0] == "body"]
+    assert b"".join(pieces) == body
+    client.encode_request_head(b"GET", b"/small", [(b"Host", b"up")], chunked=False)
+    client.encode_end([])
+    client.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert handler.events[-3:] == [("head", 200), ("body", b"ok"), "end"]
+
+
+@pytest.mark.parametrize("size", [3, LARGE])
+def test_bytes_behind_a_response_refuse_the_next_cycle(codec: CodecFactory, size: int) -> None:
+    """An upstream that answers more than it was asked: the connection is not reused."""
+    rec, client = client_for(codec)
+    data, body = large_response(size, extra=b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    def deliver() -> None:  # the error comes from feed or, at the latest, the next cycle
+        client.feed(data)
+        client.start_next_cycle()
+
+    with pytest.raises(UpstreamError) as info:
+        deliver()
+    assert info.value.kind == "protocol"
+    assert rec.kinds() == ["head", "body", "end"]  # the response itself was whole
+    assert rec.body() == body
+
+
+def test_large_body_after_informational(codec: CodecFactory) -> None:
+    rec, client = client_for(codec)
+    data, body = large_response()
+    client.feed(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + data[:100])
+    client.feed(data[100:])
+    assert rec.kinds() == ["head", "head", "body", "end"]
+    assert [h.status for h in rec.heads] == [103, 200]  # type: ignore[union-attr]
+    assert rec.body() == body
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_large_content_length_without_body(codec: CodecFactory, status: int) -> None:
+    """A 304 states the length it would have had: no body follows, the cycle ends."""
+    rec, client = client_for(codec)
+    client.feed(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (status, LARGE))
+    assert rec.events == [("head", status), ("end", [])]
+
+
+def test_large_body_cut_by_eof_is_reset(codec: CodecFactory) -> None:
+    rec, client = client_for(codec)
+    data, _ = large_response()
+    client.feed(data[: len(data) // 2])
+    assert rec.kinds() == ["head", "body"]
+    with pytest.raises(UpstreamError) as info:
+        client.feed_eof()
+    assert info.value.kind == "reset"
+    assert rec.kinds() == ["head", "body"]  # never ended: the proxy aborts the client
 
 
 RESPONSE_ERRORS = {

@@ -17,6 +17,7 @@ from dsproxy.codec import get_codec
 from dsproxy.codec.base import CodecFactory
 from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer
 from dsproxy.downstream import DownstreamProtocol, Shared
+from dsproxy.errors import UpstreamError
 from dsproxy.upstream import ConnectWaiter, UpstreamConnection, UpstreamPool
 from tests.conftest import HTTPTOOLS_CODEC, RecordingObserver
 
@@ -95,6 +96,7 @@ class FakePool:
         self.waiting: list[ConnectWaiter] = []
         self.released: list[UpstreamConnection] = []
         self.detached: list[UpstreamConnection] = []
+        self.broken_errors: list[UpstreamError] = []
 
     def acquire(self) -> UpstreamConnection | None:
         return self.idle.pop() if self.idle else None
@@ -114,6 +116,9 @@ class FakePool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         pass
+
+    def broken(self, conn: UpstreamConnection, error: UpstreamError) -> None:
+        self.broken_errors.append(error)
 
 
 class Rig:
