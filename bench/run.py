@@ -11,6 +11,8 @@ Contenders (each one worker, listening on ``[::]:P`` dual-stack, access log off)
 * B  nginx tuned: ``upstream { keepalive 64; }`` and ``'' ""`` (keep-alive upstream)
 * C  dsproxy ``--parser auto`` (httptools when installed)
 * D  dsproxy ``--parser h11``
+* E, F  ``bench/bareproxy.py`` with httptools / h11: the floor of a Python uvloop
+     proxy (no header rules, timeouts or pool), small GET suite only
 
 Suites: ``http`` (wrk small GET), ``ws`` (WebSocket round trips), ``stream``
 (1 GB upload and download, MB/s and peak RSS), ``idle`` (idle WebSocket sessions,
@@ -51,6 +53,8 @@ LABELS = {
     "B": "B nginx tuned (keepalive 64)",
     "C": "C dsproxy --parser auto",
     "D": "D dsproxy --parser h11",
+    "E": "E bare Python proxy, httptools (floor)",
+    "F": "F bare Python proxy, h11 (floor)",
     "direct": "direct to upstream (ceiling)",
     "W1": "dsproxy auto --workers 1",
     "W2": "dsproxy auto --workers 2",
@@ -324,6 +328,13 @@ http {{
     }}
   }}"""
             return self.start_nginx(name, body, port), port
+        if key in ("E", "F"):
+            cmd = [sys.executable, str(BENCH_DIR / "bareproxy.py"), "--port", str(port),
+                   "--upstream-port", str(upstream_port),
+                   "--codec", "httptools" if key == "E" else "h11"]
+            proc = self.spawn(name, cmd)
+            self.wait_ready(proc, port)
+            return proc, port
         parser, workers = {"C": ("auto", 1), "D": ("h11", 1), "W1": ("auto", 1),
                            "W2": ("auto", 2)}[key]
         cmd = dsproxy_cmd(port, upstream_port, parser, workers)
@@ -846,7 +857,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="dsproxy vs nginx benchmarks (loopback only)")
     p.add_argument("--suites", default=",".join(ALL_SUITES),
                    help=f"comma list of {','.join(ALL_SUITES)}")
-    p.add_argument("--contenders", default="A,B,C,D", help="comma list of A,B,C,D")
+    p.add_argument("--contenders", default="A,B,C,D,E,F",
+                   help="comma list of A,B,C,D,E,F (E, F: small GET suite only)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
     p.add_argument("--quick", action="store_true",
@@ -869,7 +881,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if bad:
         p.error(f"unknown suites: {sorted(bad)}")
     args.contender_list = [c for c in args.contenders.split(",") if c]
-    if set(args.contender_list) - {"A", "B", "C", "D"}:
+    if set(args.contender_list) - {"A", "B", "C", "D", "E", "F"}:
         p.error("contenders are A,B,C,D")
     return args
 
@@ -932,9 +944,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f.truncate(args.stream_mb * 1024 * 1024)
             _, nup = b.start_upstream_nginx()
             log(f"upstream nginx on 127.0.0.1:{nup}")
-            cont_n = start_set(b, contenders, nup, "nginxup")
+            proxies = [c for c in contenders if c not in "EF"]
+            cont_n = start_set(b, proxies, nup, "nginxup")
+            floors = [c for c in contenders if c in "EF"] if "http" in suites else []
+            cont_http = {**cont_n, **start_set(b, floors, nup, "nginxup")}
             run_suite(failures, "http", suites,
-                      lambda: suite_http(b, rep, cont_n))
+                      lambda: suite_http(b, rep, cont_http))
             run_suite(failures, "workers", suites,
                       lambda: suite_workers(b, rep, nup))
         else:
@@ -942,7 +957,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if {"ws", "stream", "idle"} & set(suites):
             rawup, rup = b.start_rawup()
             log(f"raw upstream on 127.0.0.1:{rup}")
-            cont_r = start_set(b, contenders, rup, "rawup")
+            cont_r = start_set(b, [c for c in contenders if c not in "EF"], rup, "rawup")
             run_suite(failures, "ws", suites, lambda: suite_ws(b, rep, cont_r, rup, rawup))
             run_suite(failures, "stream", suites,
                       lambda: suite_stream(b, rep, cont_n, nup, cont_r, rup))

@@ -64,7 +64,17 @@ _NO_TOKENS: tuple[bytes, ...] = ()
 _Framing = tuple[int | None, "bool | str", tuple[bytes, ...], tuple[bytes, ...], bool, bool]
 
 
+# Connection / Upgrade values seen on nearly every message, already split.
+_COMMON_TOKENS: dict[bytes, tuple[bytes, ...]] = {
+    v: (v.lower(),) for v in (b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade",
+                              b"Upgrade", b"websocket", b"WebSocket")
+}  # fmt: skip
+
+
 def _tokens(value: bytes) -> tuple[bytes, ...]:
+    common = _COMMON_TOKENS.get(value)
+    if common is not None:
+        return common
     return tuple(t.strip().lower() for t in value.split(b","))
 
 
