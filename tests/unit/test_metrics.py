@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from dsproxy.codec.base import RequestHead
 from dsproxy.metrics import (
     MULTIPROC_DIR_ENV,
+    REQUEST_DURATION_BUCKETS_SECONDS,
+    BatchedHistogram,
     Metrics,
     mark_process_dead,
     metrics_registry_for_scrape,
@@ -271,3 +273,48 @@ def test_multiprocess_mode_sums_over_processes(tmp_path: Path) -> None:
     assert scraped("dsproxy_connections_active", family="ipv4") == 1
     assert scraped("dsproxy_upstream_pool_idle") == 2
     assert scraped("dsproxy_requests_total", code="200", family="ipv4") == 6
+
+
+def test_batched_histogram_exports_what_observe_would() -> None:
+    """Batching changes when values land, never which: same samples as observe()."""
+    amounts = [0.0, 0.0004, 0.001, 0.0010001, 0.0025, 0.3, 1.0, 59.9, 60.0, 61.0, 1e9]
+    plain_reg, batched_reg = CollectorRegistry(), CollectorRegistry()
+    buckets = REQUEST_DURATION_BUCKETS_SECONDS
+    plain = Histogram("d", "d", buckets=buckets, registry=plain_reg)
+    batched = BatchedHistogram(Histogram("d", "d", buckets=buckets, registry=batched_reg), buckets)
+    assert batched.batched  # this client_python keeps per-bucket values we can add to
+    for amount in amounts:
+        plain.observe(amount)
+        batched.observe(amount)
+    assert batched_reg.get_sample_value("d_count") == 0  # not flushed yet
+    batched.flush()
+    batched.flush()  # nothing pending: adds nothing
+
+    def samples(reg: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for metric in reg.collect()
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert samples(batched_reg) == samples(plain_reg)
+    assert samples(plain_reg)[("d_count", "")] == len(amounts)
+
+
+def test_batched_histogram_falls_back_to_observe() -> None:
+    """A client_python without the per-bucket values: every observation goes through."""
+
+    class Opaque:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, amount: float) -> None:
+            self.seen.append(amount)
+
+    opaque = Opaque()
+    hist = BatchedHistogram(opaque, (0.1, 1.0))  # type: ignore[arg-type]
+    assert not hist.batched
+    hist.observe(0.5)
+    hist.flush()
+    assert opaque.seen == [0.5]
