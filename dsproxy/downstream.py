@@ -509,20 +509,21 @@ class DownstreamProtocol(asyncio.Protocol):
         if req is None:
             return
         now = self.loop.time()
+        upstream_started = self.upstream_started
         self.shared.observer.request_done(
-            RequestRecord(
-                client_ip=self.client_ip,
-                client_port=self.client_port,
-                family=self.family,
-                head=req,
-                status=self.status,
-                bytes_received=self.bytes_received,
-                bytes_sent=self.bytes_sent,
-                start_time=self.wall_start,
-                duration=now - self.started,
-                upstream_addr=self.upstream_peer,
-                upstream_duration=(now - self.upstream_started) if self.upstream_started else None,
-                error=error,
+            RequestRecord(  # positional: this runs once per request
+                self.client_ip,
+                self.client_port,
+                self.family,
+                req,
+                self.status,
+                self.bytes_received,
+                self.bytes_sent,
+                self.wall_start,
+                now - self.started,
+                self.upstream_peer,
+                (now - upstream_started) if upstream_started else None,
+                error,
             )
         )
 

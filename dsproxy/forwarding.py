@@ -39,6 +39,10 @@ _FORWARDED = frozenset(
     }
 )
 _DROP_REQUEST = HOP_BY_HOP | _FORWARDED
+# Lengths of the names above (and of "host"): any other name is passed on without
+# lower-casing it first, which is most of them.
+_HOP_LENGTHS = frozenset(len(n) for n in HOP_BY_HOP)
+_REQUEST_LENGTHS = frozenset(len(n) for n in _DROP_REQUEST | {b"host"})
 # RFC 9110 §9.2.2: a request with one of these methods can be repeated safely.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -77,23 +81,25 @@ def _listed(value: bytes) -> list[bytes]:
     return [t for t in (t.strip().lower() for t in value.split(b",")) if t]
 
 
-def _end_to_end(headers: Headers, hop: frozenset[bytes]) -> Headers:
-    """``headers`` without the hop-by-hop ones: names in ``hop`` and those Connection lists.
+def _end_to_end(headers: Headers) -> Headers:
+    """``headers`` without the hop-by-hop ones: ``HOP_BY_HOP`` and those Connection lists.
 
-    One pass; a second one only when Connection names a field outside ``hop``.
+    One pass; a second one only when Connection names another field.
     """
     out: Headers = []
     listed: list[bytes] = []
     for name, value in headers:
-        lname = name.lower()
-        if lname in hop:
-            if lname == b"connection":
-                listed += _listed(value)
-            continue
+        if len(name) in _HOP_LENGTHS:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"connection":
+                    listed += _listed(value)
+                continue
         out.append((name, value))
-    extra = {t for t in listed if t not in hop}
-    if extra:
-        out = [(n, v) for n, v in out if n.lower() not in extra]
+    if listed:
+        extra = {t for t in listed if t not in HOP_BY_HOP}
+        if extra:
+            out = [(n, v) for n, v in out if n.lower() not in extra]
     return out
 
 
@@ -133,6 +139,9 @@ def build_upstream_request(
     trusted = ctx.trusted
     preserve_host = ctx.preserve_host
     for name, value in head.headers:
+        if len(name) not in _REQUEST_LENGTHS:
+            out.append((name, value))
+            continue
         lname = name.lower()
         if lname in _DROP_REQUEST:
             if lname == b"connection":
@@ -158,9 +167,10 @@ def build_upstream_request(
         raise ClientError("an HTTP/1.1 request needs exactly one Host header", status=400)
     # Fields the client's Connection header lists end at this hop too; Host is
     # end-to-end and mandatory, so a Connection token naming it is ignored.
-    extra = {t for t in listed if t not in _DROP_REQUEST and t != b"host"}
-    if extra:
-        out = [(n, v) for n, v in out if n.lower() not in extra]
+    if listed:
+        extra = {t for t in listed if t not in _DROP_REQUEST and t != b"host"}
+        if extra:
+            out = [(n, v) for n, v in out if n.lower() not in extra]
     client = ctx.client_ip.encode("ascii")
     if not host or not preserve_host:
         out.append((b"Host", ctx.upstream_authority))
@@ -197,7 +207,7 @@ def build_client_response(
     resp: ResponseHead, request: RequestHead, *, close: bool
 ) -> ClientResponse:
     """Rewrite an upstream response for the client; ``close`` when we will close anyway."""
-    out = _end_to_end(resp.headers, HOP_BY_HOP)
+    out = _end_to_end(resp.headers)
     chunked = False
     if resp.content_length is None and response_has_body(request.method, resp.status):
         if request.version == b"1.1":
@@ -214,7 +224,7 @@ def build_client_response(
 
 def build_switch_response(resp: ResponseHead) -> Headers:
     """Headers of a 101 for a WebSocket upgrade: hop-by-hop stripped, upgrade restated."""
-    out = _end_to_end(resp.headers, HOP_BY_HOP)
+    out = _end_to_end(resp.headers)
     out.append((b"Upgrade", b"websocket"))
     out.append((b"Connection", b"Upgrade"))
     return out

@@ -54,7 +54,6 @@ class RequestRecord:
 
     def __init__(
         self,
-        *,
         client_ip: str,  # normalised: never ::ffff:a.b.c.d
         client_port: int,
         family: Family,

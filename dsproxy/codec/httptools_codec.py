@@ -78,6 +78,10 @@ def _tokens(value: bytes) -> tuple[bytes, ...]:
     return tuple(t.strip().lower() for t in value.split(b","))
 
 
+# len() of host, expect, upgrade, connection, content-length, transfer-encoding.
+_FRAMING_LENGTHS = frozenset({4, 6, 7, 10, 14, 17})
+
+
 def _framing(headers: Headers) -> _Framing:
     """What a head says about its body and the connection, in one scan of its fields."""
     content_length: int | None = None
@@ -87,6 +91,8 @@ def _framing(headers: Headers) -> _Framing:
     expect = host = False
     for name, value in headers:
         n = len(name)
+        if n not in _FRAMING_LENGTHS:
+            continue
         if n == 4:
             if name.lower() == b"host":
                 host = True
