@@ -16,10 +16,11 @@ method behind a response. This adapter adds what the codec contract needs:
 * Client side: HEAD responses and a 101 without Upgrade headers stop the
   parser (a fresh one is made for the next cycle); a close-delimited body
   ends at ``feed_eof()``.
-* Large Content-Length response bodies (``PASS_BODY_MIN_BYTES`` and up) stop
-  the parser after the head too: the body is then counted off the received
-  bytes and handed on as they are, with no copy by llhttp (a bulk download
-  costs one copy less per read).
+* Large Content-Length bodies (``PASS_BODY_MIN_BYTES`` and up) are counted
+  off the received bytes and handed on as they are, with no copy by llhttp:
+  a bulk transfer costs one copy less per read. A response stops the parser
+  after its head; a request's body bypasses it after the read that completed
+  the head, and a fresh parser takes the bytes behind the body.
 
 Version and keep-alive follow h11: only HTTP/1.1 without ``Connection:
 close`` is reused (h11 does not do HTTP/1.0 keep-alive).
@@ -196,6 +197,8 @@ class HttptoolsServerCodec(ServerCodec):
         self._cur_content_length: int | None = None
         self._cur_chunked = False
         self._upgrade_left = 0  # Content-Length body of an Upgrade request still due
+        self._body_seen = 0  # body bytes llhttp delivered for the message it is on
+        self._pass_left = 0  # body bytes still due that bypass llhttp (see the docstring)
         self._upgrade_chunked: _ChunkedUpgradeBody | None = None
         self._stopped = False  # llhttp stopped after an Upgrade request
         self._tail = b""  # bytes behind that request
@@ -213,6 +216,7 @@ class HttptoolsServerCodec(ServerCodec):
 
     def on_message_begin(self) -> None:
         self._url = b""
+        self._body_seen = 0
         self._headers = []
         self._trailers = None
         self._in_trailers = False
@@ -289,6 +293,7 @@ class HttptoolsServerCodec(ServerCodec):
             self._handler.on_request_head(head)
 
     def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
         self._emit_body(body)
 
     def on_message_complete(self) -> None:
@@ -344,6 +349,9 @@ class HttptoolsServerCodec(ServerCodec):
     # -- parsing ----------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        if self._pass_left:
+            self._pass_body(data)
+            return
         if self._blocked or self._switched:
             if data:
                 self._backlog.append(data)
@@ -382,6 +390,31 @@ class HttptoolsServerCodec(ServerCodec):
             self._head_raw += len(data)
             if self._head_raw > self._max_header_bytes:
                 self._fail(ClientError("request head too large", status=431))
+        elif (
+            self._in_message
+            and not self._in_head
+            and not self._blocked
+            and self._cur_content_length is not None
+            and self._cur_content_length - self._body_seen >= PASS_BODY_MIN_BYTES
+        ):
+            # The handler is in this request's body and much of it is still due.
+            self._pass_left = self._cur_content_length - self._body_seen
+
+    def _pass_body(self, data: bytes) -> None:
+        """Hand on bytes of a large Content-Length request body without llhttp."""
+        left = self._pass_left
+        if len(data) < left:
+            self._pass_left = left - len(data)
+            self._emit_body(data)
+            return
+        self._pass_left = 0
+        # llhttp still waits for the body it never saw: the next request gets a fresh parser.
+        self._parser = httptools.HttpRequestParser(self)
+        if len(data) > left:
+            self._backlog.append(data[left:])  # pipelined: parsed by start_next_cycle
+            data = data[:left]
+        self._emit_body(data)
+        self._emit_end([])
 
     def _after_upgrade_head(self, tail: bytes) -> None:
         # llhttp skipped the body of this Upgrade (or CONNECT) request.
