@@ -80,7 +80,7 @@ class CountingTransport:
 async def measure(codec_name: str, kind: str, n: int, repeat: int, access_log: str) -> float:
     """Best-of-``repeat`` CPU µs per request over ``n`` keep-alive cycles."""
     config = Config(
-        server=ServerConfig(parser=codec_name),
+        server=ServerConfig(parser="h11" if codec_name == "h11" else "httptools"),
         upstream=UpstreamConfig(
             servers=(UpstreamServer("127.0.0.1", 18080),), keepalive_requests=10**9
         ),
