@@ -54,7 +54,7 @@ _ERROR = 4
 _HEADER_OVERHEAD = 4  # ": " and CRLF around each field line
 _LINE_OVERHEAD = 14  # two spaces, "HTTP/1.1", CRLF, the blank line's CRLF
 _HEAD_END = b"\r\n\r\n"
-# Response bodies of at least this Content-Length bypass llhttp (see the module docstring).
+# Bodies of at least this Content-Length bypass llhttp (see the module docstring).
 PASS_BODY_MIN_BYTES = 64 * 1024
 
 

@@ -212,6 +212,28 @@ def test_json_request_fields() -> None:
     assert parsed.timestamp() == END_TIME
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"target": "/caf\xe9?q=\u00ff\x7f", "user_agent": 'a\\b"c\n', "referer": "\x00"},
+        {"upstream_addr": None, "upstream_duration": None, "error": "connect", "status": 502},
+        {"duration": 1e-7, "upstream_duration": 123.4567891, "bytes_sent": 10**12},
+    ],
+)
+def test_json_line_is_what_json_dumps_writes(fields: dict[str, Any]) -> None:
+    """The hand-written line: same keys, order, values and escapes as json.dumps."""
+    record = request(**fields)
+    line = one_line("json", record)
+    entry = json.loads(line)
+    assert line == json.dumps(entry, separators=(",", ":"))
+    assert entry["target"] == record.target
+    assert entry["user_agent"] == record.user_agent
+    assert entry["upstream_duration"] == (
+        None if record.upstream_duration is None else round(record.upstream_duration, 6)
+    )
+
+
 def test_json_without_upstream() -> None:
     entry = as_json(request(upstream_addr=None, upstream_duration=None, status=400))
     assert entry["upstream"] is None
