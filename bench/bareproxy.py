@@ -84,8 +84,13 @@ class _Client(asyncio.Protocol):
             self.transport.close()
 
 
-def _request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
-                  client_ip: bytes, authority: bytes) -> bytes:
+def _request_head(
+    method: bytes,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    client_ip: bytes,
+    authority: bytes,
+) -> bytes:
     lines = [method + b" " + target + b" HTTP/1.1"]
     lines += [n + b": " + v for n, v in headers if n.lower() not in _DROP]
     lines += [b"Host: " + authority, b"X-Forwarded-For: " + client_ip]
@@ -126,8 +131,11 @@ class HttptoolsClient(_Client):
 
         def on_headers_complete(self) -> None:
             o = self.owner
-            o.send_up(_request_head(o.req_parser.get_method(), self.url, self.headers,
-                                    o.client_ip, o.authority))
+            o.send_up(
+                _request_head(
+                    o.req_parser.get_method(), self.url, self.headers, o.client_ip, o.authority
+                )
+            )
 
     class _ResponseEvents:
         def __init__(self, owner: HttptoolsClient) -> None:
@@ -176,11 +184,14 @@ class H11Client(_Client):
         while True:
             event = self.server.next_event()
             if isinstance(event, h11.Request):
-                headers = [(n, v) for n, v in event.headers.raw_items()
-                           if n.lower() not in _DROP]
+                headers = [(n, v) for n, v in event.headers.raw_items() if n.lower() not in _DROP]
                 headers += [(b"Host", self.authority), (b"X-Forwarded-For", self.client_ip)]
-                self.send_up(self.client.send(
-                    h11.Request(method=event.method, target=event.target, headers=headers)) or b"")
+                self.send_up(
+                    self.client.send(
+                        h11.Request(method=event.method, target=event.target, headers=headers)
+                    )
+                    or b""
+                )
             elif isinstance(event, h11.EndOfMessage):
                 self.send_up(self.client.send(h11.EndOfMessage()) or b"")
             elif not isinstance(event, h11.Data):  # NEED_DATA, PAUSED, ConnectionClosed
@@ -194,8 +205,10 @@ class H11Client(_Client):
             event: Any = self.client.next_event()
             if isinstance(event, h11.Response):
                 headers = [(n, v) for n, v in event.headers.raw_items() if n.lower() not in _DROP]
-                out.append(self.server.send(
-                    h11.Response(status_code=event.status_code, headers=headers)) or b"")
+                out.append(
+                    self.server.send(h11.Response(status_code=event.status_code, headers=headers))
+                    or b""
+                )
             elif isinstance(event, h11.Data):
                 out.append(self.server.send(h11.Data(data=event.data)) or b"")
             elif isinstance(event, h11.EndOfMessage):

@@ -139,8 +139,10 @@ def main() -> None:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    print(f"{args.n:,} keep-alive cycles, best of {args.repeat}, CPU time;"
-          f" metrics on, access log {args.access_log}\n")
+    print(
+        f"{args.n:,} keep-alive cycles, best of {args.repeat}, CPU time;"
+        f" metrics on, access log {args.access_log}\n"
+    )
     print("| codec | request | µs/req, whole Python path | ceiling req/s/core |")
     print("|---|---|---|---|")
     for name in codecs:

@@ -293,7 +293,11 @@ class DownstreamProtocol(asyncio.Protocol):
         self.shared.observer.upstream_acquired(reused)
         up_req = self.up_req
         head = conn.codec.encode_request_head(
-            up_req.method, up_req.target, up_req.headers, chunked=up_req.chunked
+            up_req.method,
+            up_req.target,
+            up_req.headers,
+            chunked=up_req.chunked,
+            upgrade=up_req.websocket,
         )
         now = self.loop.time()
         self.upstream_started = now

@@ -116,10 +116,17 @@ class ClientCodec(ABC):
 
     @abstractmethod
     def encode_request_head(
-        self, method: bytes, target: bytes, headers: Headers, *, chunked: bool
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        *,
+        chunked: bool,
+        upgrade: bool = False,
     ) -> bytes:
         """Encode a request head; the codec remembers the method (HEAD responses
-        have no body) and whether an Upgrade was asked for."""
+        have no body) and ``upgrade``: the headers ask for a protocol switch, so
+        a 101 may answer."""
 
     @abstractmethod
     def encode_body(self, data: bytes) -> bytes: ...

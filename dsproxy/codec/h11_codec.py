@@ -162,8 +162,15 @@ class H11ClientCodec(ClientCodec):
         self._method = b""
 
     def encode_request_head(
-        self, method: bytes, target: bytes, headers: Headers, *, chunked: bool
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        *,
+        chunked: bool,
+        upgrade: bool = False,
     ) -> bytes:
+        # h11 tells a protocol switch from the headers themselves.
         self._method = method
         return self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
 

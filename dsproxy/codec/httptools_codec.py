@@ -113,15 +113,38 @@ def _framing(headers: Headers) -> _Framing:
                 upgrade += _tokens(value)
         elif n == 6 and name.lower() == b"expect":
             expect = b"100-continue" in value.lower()
-    chunked: bool | str = False
-    if te is not None:
-        if te_count > 1:
-            chunked = "multiple Transfer-Encoding headers"
-        elif te.strip().lower() != b"chunked":
-            chunked = "Only Transfer-Encoding: chunked is supported"
-        else:
-            chunked = True
-    return content_length, chunked, connection, upgrade, expect, host
+    return content_length, _chunked(te, te_count), connection, upgrade, expect, host
+
+
+def _chunked(te: bytes | None, count: int) -> bool | str:
+    """True for ``chunked``, False for no Transfer-Encoding, else why it is refused (h11: 501)."""
+    if te is None:
+        return False
+    if count > 1:
+        return "multiple Transfer-Encoding headers"
+    if te.strip().lower() != b"chunked":
+        return "Only Transfer-Encoding: chunked is supported"
+    return True
+
+
+def _response_framing(headers: Headers) -> tuple[int | None, bool | str, tuple[bytes, ...]]:
+    """(content_length, chunked, connection tokens) of a response: ``_framing``'s subset."""
+    content_length: int | None = None
+    te: bytes | None = None
+    te_count = 0
+    connection = _NO_TOKENS
+    for name, value in headers:
+        n = len(name)
+        if n == 14:
+            if name.lower() == b"content-length":
+                content_length = int(value)  # llhttp already refused bad and duplicate ones
+        elif n == 10:
+            if name.lower() == b"connection":
+                connection += _tokens(value)
+        elif n == 17 and name.lower() == b"transfer-encoding":
+            te = value
+            te_count += 1
+    return content_length, _chunked(te, te_count), connection
 
 
 def _version(parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> bytes:
@@ -541,15 +564,17 @@ class HttptoolsClientCodec(ClientCodec):
     # -- encoding ---------------------------------------------------------
 
     def encode_request_head(
-        self, method: bytes, target: bytes, headers: Headers, *, chunked: bool
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        *,
+        chunked: bool,
+        upgrade: bool = False,
     ) -> bytes:
         self._method = method
         self._chunked_out = chunked
         self._awaiting = True
-        upgrade = False
-        for name, _ in headers:
-            if len(name) == 7 and name.lower() == b"upgrade":
-                upgrade = True
         self._upgrade_requested = upgrade
         self._record = []  # until the final head: where it ends, should llhttp stop
         return wire.request_head(method, target, headers)
@@ -595,7 +620,7 @@ class HttptoolsClientCodec(ClientCodec):
         self._in_trailers = True
         self._heads += 1
         version = _version(parser)
-        content_length, chunked, connection, _, _, _ = _framing(self._headers)
+        content_length, chunked, connection = _response_framing(self._headers)
         if chunked.__class__ is str:
             raise UpstreamError(f"invalid response: {chunked}", kind="protocol")
         if chunked and content_length is not None:

@@ -95,7 +95,9 @@ def client_for(
 ) -> tuple[Recorder, ClientCodec]:
     rec = Recorder()
     client = codec.client(rec)
-    client.encode_request_head(method, b"/", headers or [(b"Host", b"up")], chunked=False)
+    headers = headers or [(b"Host", b"up")]
+    upgrade = any(name.lower() == b"upgrade" for name, _ in headers)
+    client.encode_request_head(method, b"/", headers, chunked=False, upgrade=upgrade)
     client.encode_end([])
     return rec, client
 
@@ -718,7 +720,7 @@ def test_next_cycle_started_from_inside_callbacks(codec: CodecFactory) -> None:
     client.encode_end([])
     client.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     upgrade = [*host, (b"Upgrade", b"websocket"), (b"Connection", b"upgrade")]
-    client.encode_request_head(b"GET", b"/ws", upgrade, chunked=False)
+    client.encode_request_head(b"GET", b"/ws", upgrade, chunked=False, upgrade=True)
     client.encode_end([])
     client.feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi")
     assert handler.events == [
