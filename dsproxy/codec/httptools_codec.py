@@ -56,6 +56,9 @@ _LINE_OVERHEAD = 14  # two spaces, "HTTP/1.1", CRLF, the blank line's CRLF
 _HEAD_END = b"\r\n\r\n"
 # Bodies of at least this Content-Length bypass llhttp (see the module docstring).
 PASS_BODY_MIN_BYTES = 64 * 1024
+# A response head still incomplete after this many bytes is refused (llhttp has no
+# limit of its own; h11's default max_incomplete_event_size is the same).
+RESPONSE_HEAD_MAX_BYTES = 16 * 1024
 
 
 _NO_TOKENS: tuple[bytes, ...] = ()
@@ -545,6 +548,7 @@ class HttptoolsClientCodec(ClientCodec):
         # Per cycle.
         self._awaiting = False  # a request was sent and its final response has not ended
         self._record: list[bytes] | None = None  # bytes of this cycle, to find a head's end
+        self._recorded = 0  # their length
         self._heads = 0  # complete heads in this cycle
         self._halted = False  # llhttp stopped after a head: new parser next cycle
         self._switched = False  # a 101 was received
@@ -577,6 +581,7 @@ class HttptoolsClientCodec(ClientCodec):
         self._awaiting = True
         self._upgrade_requested = upgrade
         self._record = []  # until the final head: where it ends, should llhttp stop
+        self._recorded = 0
         return wire.request_head(method, target, headers)
 
     def encode_body(self, data: bytes) -> bytes:
@@ -692,8 +697,10 @@ class HttptoolsClientCodec(ClientCodec):
         if self._switched or self._halted:
             self._tail += data
             return
-        if self._record is not None:
-            self._record.append(data)
+        record = self._record
+        if record is not None:
+            record.append(data)
+            self._recorded += len(data)
         self._ended_in_feed = False
         try:
             self._parser.feed_data(data)
@@ -710,6 +717,9 @@ class HttptoolsClientCodec(ClientCodec):
             if cause is not None and not isinstance(cause, httptools.HttpParserError):
                 raise cause from None
             raise UpstreamError(f"invalid response: {exc}", kind="protocol") from None
+        if self._record is not None and self._recorded > RESPONSE_HEAD_MAX_BYTES:
+            # Still no final head (it is set to None once one is parsed).
+            raise UpstreamError("response head too large", kind="protocol")
 
     def _deliver_deferred(self) -> None:
         head, self._deferred = self._deferred, None

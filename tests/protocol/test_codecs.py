@@ -595,6 +595,31 @@ def test_large_body_cut_by_eof_is_reset(codec: CodecFactory) -> None:
     assert rec.kinds() == ["head", "body"]  # never ended: the proxy aborts the client
 
 
+def test_endless_response_head_is_refused(codec: CodecFactory) -> None:
+    """A head that never ends is not buffered without bound (16 KiB, h11's default)."""
+    _, client = client_for(codec)
+    client.feed(b"HTTP/1.1 200 OK\r\n")
+    fed = 0
+
+    def feed_fields() -> None:
+        nonlocal fed
+        for i in range(100):
+            client.feed(b"X-Filler-%d: %s\r\n" % (i, b"v" * 1000))
+            fed += 1
+
+    with pytest.raises(UpstreamError) as info:
+        feed_fields()
+    assert info.value.kind == "protocol"
+    assert fed < 20  # refused soon after 16 KiB, not after the 100 KB sent
+
+
+def test_large_complete_response_head_passes(codec: CodecFactory) -> None:
+    rec, client = client_for(codec)
+    fields = b"".join(b"X-F-%d: %s\r\n" % (i, b"v" * 100) for i in range(100))  # ~10 KiB
+    client.feed(b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok")
+    assert rec.kinds() == ["head", "body", "end"]
+
+
 RESPONSE_ERRORS = {
     "garbage": b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
     "cl_and_te": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
