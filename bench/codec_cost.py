@@ -163,7 +163,7 @@ def one_cycle(server: ServerCodec, client: ClientCodec, sreq: RequestSink, sresp
     rheaders = rw_resp(rhead, head)
     out += len(server.encode_response_head(rhead.status, rhead.reason, rheaders, chunked=False))
     for piece in sresp.body:
-        out += len(server.encode_body(piece))
+        out += sum(map(len, server.encode_body(piece)))
     out += len(server.encode_end([]))
     if not (sreq.done and sresp.done):
         raise RuntimeError("codec did not complete the cycle")

@@ -48,6 +48,9 @@ log = logging.getLogger("dsproxy.downstream")
 IDLE, ACTIVE, TUNNEL, CLOSED = range(4)
 # Request body bytes held while the upstream connection is being opened.
 PENDING_BODY_HIGH_WATER_BYTES = 256 * 1024
+# A head and a body piece up to this size are joined into one bytes object to write;
+# bigger pieces go to writelines as they are.
+JOIN_MAX_BYTES = 16 * 1024
 # Status logged when the client went away before its response was complete (nginx's 499).
 CLIENT_CLOSED_STATUS = 499
 
@@ -257,7 +260,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         up = self.upstream
         if up is not None:
-            up.write(up.codec.encode_body(data))
+            up.write_pieces(up.codec.encode_body(data))
             self.body_forwarded = True
         else:
             self.pending.append(data)
@@ -303,8 +306,10 @@ class DownstreamProtocol(asyncio.Protocol):
         self.upstream_started = now
         self._upstream_activity = now
         if self.pending:
-            encode = conn.codec.encode_body
-            conn.transport.writelines([head, *(encode(p) for p in self.pending)])  # type: ignore[union-attr]
+            pieces = [head]
+            for data in self.pending:
+                pieces += conn.codec.encode_body(data)
+            conn.write_pieces(pieces)
             self.pending = []
             self.pending_bytes = 0
             self.body_forwarded = True
@@ -406,7 +411,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if transport is None or not self.response_started:
             return
         self.bytes_sent += len(data)
-        self._out.append(self.codec.encode_body(data))
+        self._out += self.codec.encode_body(data)
 
     def on_response_end(self, trailers: Headers) -> None:
         transport = self.transport
@@ -483,7 +488,12 @@ class DownstreamProtocol(asyncio.Protocol):
             self._out = []
             transport = self.transport
             if transport is not None and self.state != CLOSED:
-                transport.write(out[0] if len(out) == 1 else b"".join(out))
+                if len(out) == 1:
+                    transport.write(out[0])
+                elif len(out) == 2 and len(out[1]) <= JOIN_MAX_BYTES:
+                    transport.write(out[0] + out[1])  # a head and a small body: one send
+                else:
+                    transport.writelines(out)  # one writev; body pieces are not copied
 
     def _finish(self) -> None:
         """The response is complete: record it, then next cycle or close."""

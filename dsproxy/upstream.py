@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, cast
 
 from dsproxy.codec.base import ClientCodec, CodecFactory, Headers, ResponseHead
@@ -159,6 +160,15 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and data:
             self.transport.write(data)
+
+    def write_pieces(self, pieces: Sequence[bytes]) -> None:
+        """Write encoded pieces in order (one writev; none of them is copied)."""
+        transport = self.transport
+        if transport is not None and pieces:
+            if len(pieces) == 1:
+                transport.write(pieces[0])
+            else:
+                transport.writelines(pieces)
 
     def close(self) -> None:
         self.owner = None

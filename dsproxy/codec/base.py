@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 Headers = list[tuple[bytes, bytes]]
+# Encoded body bytes as pieces to write in order (``transport.writelines``): the
+# body data itself is one piece, so framing it (chunked coding) copies nothing.
+Pieces = tuple[bytes, ...]
 
 
 @dataclass(slots=True)
@@ -105,7 +108,7 @@ class ServerCodec(ABC):
     ) -> bytes: ...
 
     @abstractmethod
-    def encode_body(self, data: bytes) -> bytes: ...
+    def encode_body(self, data: bytes) -> Pieces: ...
 
     @abstractmethod
     def encode_end(self, trailers: Headers) -> bytes: ...
@@ -129,7 +132,7 @@ class ClientCodec(ABC):
         a 101 may answer."""
 
     @abstractmethod
-    def encode_body(self, data: bytes) -> bytes: ...
+    def encode_body(self, data: bytes) -> Pieces: ...
 
     @abstractmethod
     def encode_end(self, trailers: Headers) -> bytes: ...

@@ -13,6 +13,7 @@ import h11
 from dsproxy.codec.base import (
     ClientCodec,
     Headers,
+    Pieces,
     RequestHandler,
     RequestHead,
     ResponseHandler,
@@ -147,8 +148,9 @@ class H11ServerCodec(ServerCodec):
         data = self._conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
         return data or b""
 
-    def encode_body(self, data: bytes) -> bytes:
-        return self._conn.send(h11.Data(data=data)) or b""
+    def encode_body(self, data: bytes) -> Pieces:
+        out = self._conn.send(h11.Data(data=data))
+        return (out,) if out else ()
 
     def encode_end(self, trailers: Headers) -> bytes:
         return self._conn.send(h11.EndOfMessage(headers=trailers)) or b""
@@ -174,8 +176,9 @@ class H11ClientCodec(ClientCodec):
         self._method = method
         return self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
 
-    def encode_body(self, data: bytes) -> bytes:
-        return self._conn.send(h11.Data(data=data)) or b""
+    def encode_body(self, data: bytes) -> Pieces:
+        out = self._conn.send(h11.Data(data=data))
+        return (out,) if out else ()
 
     def encode_end(self, trailers: Headers) -> bytes:
         return self._conn.send(h11.EndOfMessage(headers=trailers)) or b""

@@ -36,6 +36,7 @@ from dsproxy.codec import wire
 from dsproxy.codec.base import (
     ClientCodec,
     Headers,
+    Pieces,
     RequestHandler,
     RequestHead,
     ResponseHandler,
@@ -524,8 +525,8 @@ class HttptoolsServerCodec(ServerCodec):
         self._chunked_out = chunked
         return wire.status_head(status, reason, headers)
 
-    def encode_body(self, data: bytes) -> bytes:
-        return wire.chunk(data) if self._chunked_out else data
+    def encode_body(self, data: bytes) -> Pieces:
+        return wire.chunk(data) if self._chunked_out else (data,)
 
     def encode_end(self, trailers: Headers) -> bytes:
         if self._chunked_out:
@@ -584,8 +585,8 @@ class HttptoolsClientCodec(ClientCodec):
         self._recorded = 0
         return wire.request_head(method, target, headers)
 
-    def encode_body(self, data: bytes) -> bytes:
-        return wire.chunk(data) if self._chunked_out else data
+    def encode_body(self, data: bytes) -> Pieces:
+        return wire.chunk(data) if self._chunked_out else (data,)
 
     def encode_end(self, trailers: Headers) -> bytes:
         if self._chunked_out:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from dsproxy.codec.base import Headers
+from dsproxy.codec.base import Headers, Pieces
 
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 LAST_CHUNK = b"0\r\n\r\n"
+CRLF = b"\r\n"
 
 
 def reason_for(status: int, reason: bytes) -> bytes:
@@ -37,11 +38,12 @@ def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
     return b"%s %s HTTP/1.1\r\n%s" % (method, target, _header_block(headers))
 
 
-def chunk(data: bytes) -> bytes:
-    """One chunk (RFC 9112 §7.1); empty data gives b"" since a 0-size chunk ends the body."""
+def chunk(data: bytes) -> Pieces:
+    """One chunk (RFC 9112 §7.1) as pieces around ``data`` (not copied); none for no data,
+    since a 0-size chunk ends the body."""
     if not data:
-        return b""
-    return b"%x\r\n%s\r\n" % (len(data), data)
+        return ()
+    return (b"%x\r\n" % len(data), data, CRLF)
 
 
 def last_chunk(trailers: Headers) -> bytes:

@@ -664,7 +664,8 @@ def test_request_round_trip(encoder: str, parser: str, chunked: bool) -> None:
     wire = client.encode_request_head(
         b"PUT", b"/r?q=%41", [(b"Host", b"up"), (b"X-Case", b"V"), framing], chunked=chunked
     )
-    wire += client.encode_body(b"hello") + client.encode_body(b"") + client.encode_body(b" world")
+    for piece in (b"hello", b"", b" world"):
+        wire += b"".join(client.encode_body(piece))
     trailers = [(b"X-Sum", b"1")] if chunked else []
     wire += client.encode_end(trailers)
     rec = feed_server(get_codec(parser), wire)
@@ -685,7 +686,8 @@ def test_response_round_trip(encoder: str, parser: str, chunked: bool) -> None:
     framing = (b"Transfer-Encoding", b"chunked") if chunked else (b"Content-Length", b"11")
     wire = server.encode_informational(100, b"", [])
     wire += server.encode_response_head(200, b"", [(b"X-Case", b"V"), framing], chunked=chunked)
-    wire += server.encode_body(b"hello") + server.encode_body(b"") + server.encode_body(b" world")
+    for piece in (b"hello", b"", b" world"):
+        wire += b"".join(server.encode_body(piece))
     trailers = [(b"X-Sum", b"1")] if chunked else []
     wire += server.encode_end(trailers)
     rec, client = client_for(get_codec(parser))
@@ -703,12 +705,15 @@ def test_encoders_write_heads_verbatim() -> None:
     server = get_codec("httptools").server(Recorder(), max_header_bytes=MAX_HEAD)
     head = server.encode_response_head(404, b"Nope", [(b"Content-Length", b"0")], chunked=False)
     assert head == b"HTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n"
-    assert server.encode_body(b"x") == b"x"
+    assert server.encode_body(b"x") == (b"x",)
     assert server.encode_end([]) == b""
     head = server.encode_response_head(200, b"", [], chunked=True)
     assert head == b"HTTP/1.1 200 OK\r\n\r\n"
-    assert server.encode_body(b"") == b""
-    assert server.encode_body(b"a" * 26) == b"1a\r\n" + b"a" * 26 + b"\r\n"
+    assert server.encode_body(b"") == ()
+    body = b"a" * 26
+    pieces = server.encode_body(body)
+    assert pieces == (b"1a\r\n", body, b"\r\n")
+    assert pieces[1] is body  # framed around, not copied
     assert server.encode_end([(b"T", b"1")]) == b"0\r\nT: 1\r\n\r\n"
 
 

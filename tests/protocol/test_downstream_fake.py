@@ -201,6 +201,33 @@ def test_get_produces_upstream_request_and_relays_response(codec: CodecFactory) 
     run(scenario)
 
 
+def test_one_write_call_per_upstream_read(codec: CodecFactory) -> None:
+    """Whatever one upstream read produces reaches the client in one transport call."""
+
+    async def scenario() -> None:
+        rig = Rig(codec)
+        conn, _ = rig.upstream_conn()
+        rig.pool.idle.append(conn)
+        rig.proto.data_received(b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n")
+        writes = ("write", "writelines")
+        for data in (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            b"6\r\n world\r\n3\r\n!!!\r\n",
+            b"0\r\n\r\n",
+        ):
+            before = len([c for c in rig.client.calls if c in writes])
+            conn.data_received(data)
+            assert len([c for c in rig.client.calls if c in writes]) == before + 1
+        out = rig.client.take()
+        head, _, body = out.partition(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert body == b"5\r\nhello\r\n6\r\n world\r\n3\r\n!!!\r\n0\r\n\r\n"
+        assert rig.pool.released == [conn]
+        rig.proto.connection_lost(None)
+
+    run(scenario)
+
+
 def test_post_body_held_until_upstream_connects(codec: CodecFactory) -> None:
     async def scenario() -> None:
         rig = Rig(codec)
