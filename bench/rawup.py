@@ -3,6 +3,8 @@
 * ``GET`` with ``Upgrade: websocket``: answers ``101`` (computed
   ``Sec-WebSocket-Accept``) and from then on echoes raw bytes. It never parses
   frames, so the measured cost is the proxy's, not this server's.
+* ``GET /chunked?n=N``: answers ``200`` with N zero bytes in chunked coding
+  (256 KiB chunks from one preallocated buffer, sent as the socket drains).
 * Any other request: reads and discards the body (``Content-Length`` or
   ``chunked``), answers ``200`` with the number of body bytes received, and
   keeps the connection open for the next request. ``Expect: 100-continue``
@@ -26,6 +28,9 @@ from typing import cast
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 MAX_HEAD = 65536
+CHUNK_BYTES = 256 * 1024
+CHUNK = b"%x\r\n" % CHUNK_BYTES + bytes(CHUNK_BYTES) + b"\r\n"
+SEND_HIGH_WATER_BYTES = 4 * len(CHUNK)
 
 
 def ws_accept(key: bytes) -> bytes:
@@ -33,15 +38,16 @@ def ws_accept(key: bytes) -> bytes:
 
 
 class Upstream(asyncio.Protocol):
-    __slots__ = ("transport", "state", "buf", "remaining", "received", "chunk_state")
+    __slots__ = ("transport", "state", "buf", "remaining", "received", "chunk_state", "to_send")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.state = "head"  # head | body | chunked | echo
+        self.state = "head"  # head | body | chunked | echo | sending
         self.buf = bytearray()
         self.remaining = 0
         self.received = 0
         self.chunk_state = "size"  # size | data | crlf | trailer
+        self.to_send = 0  # body bytes of a /chunked download still to send
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -150,6 +156,13 @@ class Upstream(asyncio.Protocol):
             )
             self.state = "echo"
             return
+        request_line = lines[0].split(b" ")
+        if request_line[0] == b"GET" and request_line[1].startswith(b"/chunked?n="):
+            self.to_send = int(request_line[1].partition(b"=")[2])
+            transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            self.state = "sending"
+            self._send_more()
+            return
         if headers.get(b"expect", b"").lower() == b"100-continue":
             transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.received = 0
@@ -163,6 +176,27 @@ class Upstream(asyncio.Protocol):
             self.remaining = length
             return
         self._respond()
+
+    def _send_more(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        while self.to_send and transport.get_write_buffer_size() < SEND_HIGH_WATER_BYTES:
+            if self.to_send >= CHUNK_BYTES:
+                transport.write(CHUNK)
+                self.to_send -= CHUNK_BYTES
+            else:
+                transport.write(b"%x\r\n%s\r\n" % (self.to_send, bytes(self.to_send)))
+                self.to_send = 0
+        if not self.to_send and self.state == "sending":
+            transport.write(b"0\r\n\r\n")
+            self.state = "head"
+
+    def pause_writing(self) -> None:
+        pass  # _send_more checks the buffer size itself
+
+    def resume_writing(self) -> None:
+        if self.state == "sending":
+            self._send_more()
 
     def _respond(self) -> None:
         transport = self.transport
