@@ -83,10 +83,6 @@ def _tokens(value: bytes) -> tuple[bytes, ...]:
     return tuple(t.strip().lower() for t in value.split(b","))
 
 
-# len() of host, expect, upgrade, connection, content-length, transfer-encoding.
-_FRAMING_LENGTHS = frozenset({4, 6, 7, 10, 14, 17})
-
-
 def _framing(headers: Headers) -> _Framing:
     """What a head says about its body and the connection, in one scan of its fields."""
     content_length: int | None = None
@@ -96,8 +92,6 @@ def _framing(headers: Headers) -> _Framing:
     expect = host = False
     for name, value in headers:
         n = len(name)
-        if n not in _FRAMING_LENGTHS:
-            continue
         if n == 4:
             if name.lower() == b"host":
                 host = True
@@ -117,38 +111,15 @@ def _framing(headers: Headers) -> _Framing:
                 upgrade += _tokens(value)
         elif n == 6 and name.lower() == b"expect":
             expect = b"100-continue" in value.lower()
-    return content_length, _chunked(te, te_count), connection, upgrade, expect, host
-
-
-def _chunked(te: bytes | None, count: int) -> bool | str:
-    """True for ``chunked``, False for no Transfer-Encoding, else why it is refused (h11: 501)."""
-    if te is None:
-        return False
-    if count > 1:
-        return "multiple Transfer-Encoding headers"
-    if te.strip().lower() != b"chunked":
-        return "Only Transfer-Encoding: chunked is supported"
-    return True
-
-
-def _response_framing(headers: Headers) -> tuple[int | None, bool | str, tuple[bytes, ...]]:
-    """(content_length, chunked, connection tokens) of a response: ``_framing``'s subset."""
-    content_length: int | None = None
-    te: bytes | None = None
-    te_count = 0
-    connection = _NO_TOKENS
-    for name, value in headers:
-        n = len(name)
-        if n == 14:
-            if name.lower() == b"content-length":
-                content_length = int(value)  # llhttp already refused bad and duplicate ones
-        elif n == 10:
-            if name.lower() == b"connection":
-                connection += _tokens(value)
-        elif n == 17 and name.lower() == b"transfer-encoding":
-            te = value
-            te_count += 1
-    return content_length, _chunked(te, te_count), connection
+    chunked: bool | str = False  # or why the Transfer-Encoding is refused (h11: 501)
+    if te is not None:
+        if te_count > 1:
+            chunked = "multiple Transfer-Encoding headers"
+        elif te.strip().lower() != b"chunked":
+            chunked = "Only Transfer-Encoding: chunked is supported"
+        else:
+            chunked = True
+    return content_length, chunked, connection, upgrade, expect, host
 
 
 def _version(parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> bytes:
@@ -626,7 +597,7 @@ class HttptoolsClientCodec(ClientCodec):
         self._in_trailers = True
         self._heads += 1
         version = _version(parser)
-        content_length, chunked, connection = _response_framing(self._headers)
+        content_length, chunked, connection, _, _, _ = _framing(self._headers)
         if chunked.__class__ is str:
             raise UpstreamError(f"invalid response: {chunked}", kind="protocol")
         if chunked and content_length is not None:
