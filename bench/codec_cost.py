@@ -8,7 +8,7 @@ One keep-alive cycle, as the proxy does it:
 4. the server codec encodes it for the client (head, body, end),
 5. both codecs ``start_next_cycle()``.
 
-Optionally (column "+ forwarding") the pure header rewriting of ``dsproxy.forwarding`` is
+Optionally (column "+ forwarding") the pure header rewriting of ``dsproxy.http.rules`` is
 done too, as the proxy does between steps 1-2 and 3-4.
 
 Prints µs of CPU per request for each codec and 1e6 / µs = the most requests per second
@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsproxy.codec import get_codec, httptools_available  # noqa: E402
-from dsproxy.codec.base import (  # noqa: E402
+from dsproxy.http.codec import get_codec, httptools_available  # noqa: E402
+from dsproxy.http.codec.base import (  # noqa: E402
     ClientCodec,
     Headers,
     RequestHead,
@@ -127,9 +127,9 @@ def plain_response(resp: ResponseHead, req: RequestHead) -> Headers:
 
 
 def forwarding_rewriters() -> tuple[Rewrite, RewriteResp] | None:
-    """dsproxy.forwarding's rewriting, or None when its API is not the one expected."""
+    """dsproxy.http.rules's rewriting, or None when its API is not the one expected."""
     try:
-        from dsproxy import forwarding as fw
+        from dsproxy.http import rules as fw
 
         ctx = fw.ClientContext(client_ip="10.0.0.1", listen_port=b"16980", trusted=False,
                                upstream_authority=b"127.0.0.1:18080", preserve_host=True)

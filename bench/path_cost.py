@@ -29,13 +29,13 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.codec_cost import REQUESTS, RESPONSES  # noqa: E402
-from dsproxy.codec import get_codec, httptools_available  # noqa: E402
 from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer  # noqa: E402
-from dsproxy.downstream import DownstreamProtocol, Shared  # noqa: E402
-from dsproxy.metrics import Metrics  # noqa: E402
-from dsproxy.records import Observer  # noqa: E402
-from dsproxy.resolver import Resolver  # noqa: E402
-from dsproxy.upstream import UpstreamConnection, UpstreamPool  # noqa: E402
+from dsproxy.http.codec import get_codec, httptools_available  # noqa: E402
+from dsproxy.net.resolver import Resolver  # noqa: E402
+from dsproxy.observe.metrics import Metrics  # noqa: E402
+from dsproxy.observe.records import Observer  # noqa: E402
+from dsproxy.proxy.connection import DownstreamProtocol, Shared  # noqa: E402
+from dsproxy.proxy.upstream import UpstreamConnection, UpstreamPool  # noqa: E402
 
 
 class CountingTransport:
@@ -88,7 +88,7 @@ async def measure(codec_name: str, kind: str, n: int, repeat: int, access_log: s
     codec = get_codec(codec_name)
     observer: Observer = Metrics()
     if access_log != "off":
-        from dsproxy.accesslog import AccessLog, combine
+        from dsproxy.observe.accesslog import AccessLog, combine
 
         sink = io.StringIO()
         observer = combine([observer, AccessLog(access_log, sink)])  # type: ignore[arg-type]

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dsproxy import __version__
-from dsproxy.addr import HostPort, parse_hostport
 from dsproxy.config import (
     ACCESS_LOG_FORMATS,
     LOG_LEVELS,
@@ -37,6 +36,7 @@ from dsproxy.config import (
     validate,
 )
 from dsproxy.errors import ConfigError
+from dsproxy.net.addr import HostPort, parse_hostport
 
 EXIT_USAGE = 2  # bad command line or bad configuration
 DEFAULT_PROBE_TIMEOUT_SECONDS = 5.0
@@ -142,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"dsproxy: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from dsproxy.lifecycle import run
+    from dsproxy.app.supervisor import run
 
     return run(config)
 
@@ -159,14 +159,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from dsproxy.demo import main as demo_main
+    from dsproxy.tools.demo import main as demo_main
 
     listen: HostPort | None = args.listen
     return demo_main(listen)
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from dsproxy.probe import main as probe_main
+    from dsproxy.tools.probe import main as probe_main
 
     url: str = args.url
     ws_path: str | None = args.ws

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from dsproxy.addr import HostPort, parse_hostport
 from dsproxy.errors import ConfigError
+from dsproxy.net.addr import HostPort, parse_hostport
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

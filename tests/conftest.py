@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dsproxy.addr import Family, HostPort
+from dsproxy.app.runner import new_event_loop
 from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer, WebSocketConfig
-from dsproxy.lifecycle import new_event_loop
-from dsproxy.records import RequestRecord, TunnelRecord
-from dsproxy.server import ProxyServer
+from dsproxy.net.addr import Family, HostPort
+from dsproxy.observe.records import RequestRecord, TunnelRecord
+from dsproxy.proxy.server import ProxyServer
 from tests.support import ipv6_available
 from tests.upstream_server import Upstream
 
@@ -29,7 +29,7 @@ T = TypeVar("T")
 CALL_TIMEOUT_SECONDS = 15.0
 
 
-HTTPTOOLS_CODEC = importlib.util.find_spec("dsproxy.codec.httptools_codec") is not None
+HTTPTOOLS_CODEC = importlib.util.find_spec("dsproxy.http.codec.httptools_codec") is not None
 IPV6 = ipv6_available()
 
 

@@ -29,9 +29,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from dsproxy.addr import HostPort
+from dsproxy.app.supervisor import STOP_MARGIN_SECONDS
 from dsproxy.config import AdminConfig, Config, ServerConfig, ShutdownConfig, check_file
-from dsproxy.workers import STOP_MARGIN_SECONDS
+from dsproxy.net.addr import HostPort
 
 Manifest = dict[str, Any]
 

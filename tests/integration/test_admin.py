@@ -10,10 +10,10 @@ import httpx
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from dsproxy import admin as admin_module
-from dsproxy.addr import HostPort
-from dsproxy.admin import AdminServer, start_admin
-from dsproxy.metrics import Metrics
+from dsproxy.net.addr import HostPort
+from dsproxy.observe import admin as admin_module
+from dsproxy.observe.admin import AdminServer, start_admin
+from dsproxy.observe.metrics import Metrics
 from tests.support import ipv6_available
 from tests.unit.test_metrics import request
 

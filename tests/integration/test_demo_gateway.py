@@ -27,8 +27,8 @@ import pytest
 import uvloop
 from websockets.asyncio.client import connect
 
-from dsproxy.addr import HostPort
-from dsproxy.demo import (
+from dsproxy.net.addr import HostPort
+from dsproxy.tools.demo import (
     DemoGateway,
     demo_bytes,
     demo_config,
@@ -473,10 +473,10 @@ def test_demo_instructions_for_single_family_listeners() -> None:
 
 
 _PROXY_MODULES = (
-    "dsproxy.accesslog",
-    "dsproxy.metrics",
-    "dsproxy.logsetup",
-    "dsproxy.codec.httptools_codec",  # parser = "auto" picks it when httptools is installed
+    "dsproxy.observe.accesslog",
+    "dsproxy.observe.metrics",
+    "dsproxy.observe.logsetup",
+    "dsproxy.http.codec.httptools_codec",  # parser = "auto" picks it when httptools is installed
 )
 _MISSING = [name for name in _PROXY_MODULES if importlib.util.find_spec(name) is None]
 
@@ -485,7 +485,10 @@ _MISSING = [name for name in _PROXY_MODULES if importlib.util.find_spec(name) is
 def test_dsproxy_demo_end_to_end() -> None:
     """``demo.main`` in a subprocess: the printed commands work; Ctrl-C (SIGINT) stops it."""
     listen = "HostPort('::', 0)" if ipv6_available() else "HostPort('0.0.0.0', 0)"
-    code = f"from dsproxy.addr import HostPort; from dsproxy.demo import main; main({listen})"
+    code = (
+        "from dsproxy.net.addr import HostPort; from dsproxy.tools.demo import main;"
+        f" main({listen})"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-c", code],

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dsproxy.addr import HostPort
-from dsproxy.listener import ListenError, bind_listener
+from dsproxy.net.addr import HostPort
+from dsproxy.net.listener import ListenError, bind_listener
 from tests.conftest import IPV6, LoopThread, ProxyFactory, RunningProxy
 from tests.upstream_server import Upstream
 
@@ -106,7 +106,7 @@ def test_ipv6_unavailable_falls_back_to_ipv4_any(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(socket, "socket", _NoIPv6Socket)
-    with caplog.at_level(logging.WARNING, logger="dsproxy.listener"):
+    with caplog.at_level(logging.WARNING, logger="dsproxy.net.listener"):
         bound = bind_listener(HostPort("::", 0))
     monkeypatch.undo()
     try:

@@ -34,11 +34,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dsproxy.addr import HostPort
 from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer
-from dsproxy.records import NullObserver
-from dsproxy.resolver import Resolver
-from dsproxy.server import ProxyServer
+from dsproxy.net.addr import HostPort
+from dsproxy.net.resolver import Resolver
+from dsproxy.observe.records import NullObserver
+from dsproxy.proxy.server import ProxyServer
 from tests.support import ipv6_available
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

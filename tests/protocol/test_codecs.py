@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsproxy.codec import get_codec
-from dsproxy.codec.base import (
+from dsproxy.errors import ClientError, UpstreamError
+from dsproxy.http.codec import get_codec
+from dsproxy.http.codec.base import (
     ClientCodec,
     CodecFactory,
     Headers,
@@ -15,8 +16,7 @@ from dsproxy.codec.base import (
     ResponseHead,
     ServerCodec,
 )
-from dsproxy.codec.httptools_codec import PASS_BODY_MIN_BYTES
-from dsproxy.errors import ClientError, UpstreamError
+from dsproxy.http.codec.httptools_codec import PASS_BODY_MIN_BYTES
 
 CODECS = ["h11", "httptools"]
 MAX_HEAD = 16384

@@ -12,13 +12,13 @@ from typing import Any, cast
 
 import pytest
 
-from dsproxy.addr import HostPort
-from dsproxy.codec import get_codec
-from dsproxy.codec.base import CodecFactory
 from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer
-from dsproxy.downstream import DownstreamProtocol, Shared
 from dsproxy.errors import UpstreamError
-from dsproxy.upstream import ConnectWaiter, UpstreamConnection, UpstreamPool
+from dsproxy.http.codec import get_codec
+from dsproxy.http.codec.base import CodecFactory
+from dsproxy.net.addr import HostPort
+from dsproxy.proxy.connection import DownstreamProtocol, Shared
+from dsproxy.proxy.upstream import ConnectWaiter, UpstreamConnection, UpstreamPool
 from tests.conftest import HTTPTOOLS_CODEC, RecordingObserver
 
 SERVER = UpstreamServer("10.0.0.9", 18080)

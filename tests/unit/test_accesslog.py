@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 import pytest
 
-from dsproxy.accesslog import AccessLog, FanOut, combine, escape
-from dsproxy.logsetup import KeyValueFormatter, configure_logging
-from dsproxy.metrics import Metrics
-from dsproxy.records import NullObserver, Observer, RequestRecord, TunnelRecord
+from dsproxy.observe.accesslog import AccessLog, FanOut, combine, escape
+from dsproxy.observe.logsetup import KeyValueFormatter, configure_logging
+from dsproxy.observe.metrics import Metrics
+from dsproxy.observe.records import NullObserver, Observer, RequestRecord, TunnelRecord
 from tests.unit.test_metrics import request, tunnel
 
 # fluent-bit's stock "nginx" parser (the regex log shippers use), in Python syntax.
@@ -420,12 +420,12 @@ def test_observers_satisfy_the_protocol() -> None:
     assert len(observers) == 4
 
 
-# -- operational log lines (dsproxy.logsetup) --------------------------------------------
+# -- operational log lines (dsproxy.observe.logsetup) --------------------------------------------
 
 
 def format_record(msg: str, *args: object, **extra: object) -> str:
     record = logging.makeLogRecord(
-        {"name": "dsproxy.upstream", "levelno": logging.WARNING, "levelname": "WARNING",
+        {"name": "dsproxy.proxy.upstream", "levelno": logging.WARNING, "levelname": "WARNING",
          "msg": msg, "args": args, "created": END_TIME, **extra}
     )  # fmt: skip
     return KeyValueFormatter().format(record)
@@ -434,7 +434,7 @@ def format_record(msg: str, *args: object, **extra: object) -> str:
 def test_key_value_line() -> None:
     line = format_record("connect to %s failed", "10.0.0.9:18080", client="1.2.3.4", attempt=2)
     assert line == (
-        "2026-11-25T07:55:01Z level=warning logger=dsproxy.upstream "
+        "2026-11-25T07:55:01Z level=warning logger=dsproxy.proxy.upstream "
         'msg="connect to 10.0.0.9:18080 failed" client=1.2.3.4 attempt=2'
     )
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import dsproxy
-from dsproxy.addr import HostPort
 from dsproxy.cli import main
 from dsproxy.config import Config, UpstreamServer
+from dsproxy.net.addr import HostPort
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config.example.toml"
@@ -46,21 +46,21 @@ def fake_module(
 @pytest.fixture
 def run_calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
     calls = Calls()
-    fake_module(monkeypatch, "dsproxy.lifecycle", "run", calls.record)
+    fake_module(monkeypatch, "dsproxy.app.supervisor", "run", calls.record)
     return calls
 
 
 @pytest.fixture
 def demo_calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
     calls = Calls()
-    fake_module(monkeypatch, "dsproxy.demo", "main", calls.record)
+    fake_module(monkeypatch, "dsproxy.tools.demo", "main", calls.record)
     return calls
 
 
 @pytest.fixture
 def probe_calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
     calls = Calls()
-    fake_module(monkeypatch, "dsproxy.probe", "main", calls.record)
+    fake_module(monkeypatch, "dsproxy.tools.probe", "main", calls.record)
     return calls
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import dsproxy.config as config_module
-from dsproxy.addr import HostPort
 from dsproxy.config import (
     KNOWN_KEYS,
     AdminConfig,
@@ -29,6 +28,7 @@ from dsproxy.config import (
     validate,
 )
 from dsproxy.errors import ConfigError
+from dsproxy.net.addr import HostPort
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config.example.toml"

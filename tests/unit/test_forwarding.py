@@ -1,4 +1,4 @@
-"""Pure tests of dsproxy.forwarding and dsproxy.addr (no sockets)."""
+"""Pure tests of dsproxy.http.rules and dsproxy.net.addr (no sockets)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import ipaddress
 
 import pytest
 
-from dsproxy.addr import HostPort, family_of, normalise_ip, parse_hostport
-from dsproxy.codec.base import Headers, RequestHead, ResponseHead
 from dsproxy.errors import ClientError, UpstreamError
-from dsproxy.forwarding import (
+from dsproxy.http.codec.base import Headers, RequestHead, ResponseHead
+from dsproxy.http.rules import (
     ClientContext,
     build_client_response,
     build_switch_response,
@@ -19,6 +18,7 @@ from dsproxy.forwarding import (
     is_trusted,
     response_has_body,
 )
+from dsproxy.net.addr import HostPort, family_of, normalise_ip, parse_hostport
 
 
 def request(

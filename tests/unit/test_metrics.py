@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
-from dsproxy.codec.base import RequestHead
-from dsproxy.metrics import (
+from dsproxy.http.codec.base import RequestHead
+from dsproxy.observe.metrics import (
     MULTIPROC_DIR_ENV,
     REQUEST_DURATION_BUCKETS_SECONDS,
     BatchedHistogram,
@@ -22,7 +22,7 @@ from dsproxy.metrics import (
     metrics_registry_for_scrape,
     multiprocess_registry,
 )
-from dsproxy.records import (
+from dsproxy.observe.records import (
     CLIENT_ERROR_KINDS,
     UPSTREAM_ERROR_KINDS,
     Observer,
@@ -224,9 +224,9 @@ WORKER_SCRIPT = textwrap.dedent(
     """
     import os
     from prometheus_client import generate_latest
-    from dsproxy.metrics import Metrics, metrics_registry_for_scrape
-    from dsproxy.codec.base import RequestHead
-    from dsproxy.records import RequestRecord
+    from dsproxy.observe.metrics import Metrics, metrics_registry_for_scrape
+    from dsproxy.http.codec.base import RequestHead
+    from dsproxy.observe.records import RequestRecord
 
     m = Metrics()
     head = RequestHead(b"GET", b"/", b"1.1", [(b"Host", b"h")], True, None, False, None, False)

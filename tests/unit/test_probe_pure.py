@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from dsproxy.probe import (
+from dsproxy.tools.probe import (
     NOT_TRIED,
     ProbeResult,
     ProbeTarget,

@@ -1,7 +1,7 @@
 """Resolver: periodic re-resolution, last-good cache on failure, RFC 8305 ordering.
 
 No DNS and no sockets: the lookup is a fake, and the resolver's clock is a
-fake too (only the ``time`` name inside dsproxy.resolver is replaced).
+fake too (only the ``time`` name inside dsproxy.net.resolver is replaced).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import dsproxy.resolver as resolver_module
+import dsproxy.net.resolver as resolver_module
 from dsproxy.config import UpstreamServer
-from dsproxy.resolver import Resolver, interleave_families
+from dsproxy.net.resolver import Resolver, interleave_families
 
 V4 = socket.AF_INET
 V6 = socket.AF_INET6
@@ -94,7 +94,7 @@ def test_failure_keeps_last_good_addresses_and_logs_once(
     resolver = Resolver(1.0, lookup=dns.lookup)
     assert resolve(resolver) == ["fd00::1", "10.0.0.1"]
     dns.answers["gateway.test"] = OSError("Temporary failure in name resolution")
-    caplog.set_level(logging.INFO, logger="dsproxy.resolver")
+    caplog.set_level(logging.INFO, logger="dsproxy.net.resolver")
     for _ in range(5):
         clock.now += 1.5
         assert resolve(resolver) == ["fd00::1", "10.0.0.1"]

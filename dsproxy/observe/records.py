@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from dsproxy.addr import Family
-from dsproxy.codec.base import RequestHead
+from dsproxy.http.codec.base import RequestHead
+from dsproxy.net.addr import Family
 
 # Bounded label values for client_error(kind).
 CLIENT_ERROR_KINDS = (

@@ -12,16 +12,16 @@ import asyncio
 import contextlib
 import logging
 
-from dsproxy.addr import HostPort
-from dsproxy.codec import get_codec
 from dsproxy.config import Config
-from dsproxy.downstream import DownstreamProtocol, Shared
-from dsproxy.listener import Listener, bind_all, bind_listener
-from dsproxy.records import Observer
-from dsproxy.resolver import Resolver
-from dsproxy.upstream import UpstreamPool
+from dsproxy.http.codec import get_codec
+from dsproxy.net.addr import HostPort
+from dsproxy.net.listener import Listener, bind_all, bind_listener
+from dsproxy.net.resolver import Resolver
+from dsproxy.observe.records import Observer
+from dsproxy.proxy.connection import DownstreamProtocol, Shared
+from dsproxy.proxy.upstream import UpstreamPool
 
-log = logging.getLogger("dsproxy.server")
+log = logging.getLogger("dsproxy.proxy.server")
 
 
 class ProxyServer:

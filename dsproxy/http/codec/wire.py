@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from dsproxy.codec.base import Headers, Pieces
+from dsproxy.http.codec.base import Headers, Pieces
 
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from dsproxy.records import TunnelRecord
+from dsproxy.observe.records import TunnelRecord
 
 
 class Tunnel:

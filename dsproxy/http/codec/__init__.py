@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsproxy.codec.base import CodecFactory
+from dsproxy.http.codec.base import CodecFactory
 
 
 def httptools_available() -> bool:
@@ -18,11 +18,11 @@ def get_codec(name: str) -> CodecFactory:
     if name == "auto":
         name = "httptools" if httptools_available() else "h11"
     if name == "httptools":
-        from dsproxy.codec.httptools_codec import HttptoolsCodec
+        from dsproxy.http.codec.httptools_codec import HttptoolsCodec
 
         return HttptoolsCodec()
     if name == "h11":
-        from dsproxy.codec.h11_codec import H11Codec
+        from dsproxy.http.codec.h11_codec import H11Codec
 
         return H11Codec()
     raise ValueError(f"unknown parser {name!r} (auto, h11, httptools)")

@@ -24,12 +24,11 @@ import time
 from dataclasses import dataclass, field
 from typing import cast
 
-from dsproxy.addr import Family, family_of, normalise_ip
-from dsproxy.codec import wire
-from dsproxy.codec.base import CodecFactory, Headers, RequestHead, ResponseHead, ServerCodec
 from dsproxy.config import Config
 from dsproxy.errors import ClientError, ProxyError, UpstreamError
-from dsproxy.forwarding import (
+from dsproxy.http.codec import wire
+from dsproxy.http.codec.base import CodecFactory, Headers, RequestHead, ResponseHead, ServerCodec
+from dsproxy.http.rules import (
     IDEMPOTENT_METHODS,
     ClientContext,
     UpstreamRequest,
@@ -39,11 +38,12 @@ from dsproxy.forwarding import (
     error_response,
     is_trusted,
 )
-from dsproxy.records import Observer, RequestRecord, TunnelRecord
-from dsproxy.tunnel import Tunnel
-from dsproxy.upstream import WRITE_HIGH_WATER_BYTES, UpstreamConnection, UpstreamPool
+from dsproxy.net.addr import Family, family_of, normalise_ip
+from dsproxy.observe.records import Observer, RequestRecord, TunnelRecord
+from dsproxy.proxy.tunnel import Tunnel
+from dsproxy.proxy.upstream import WRITE_HIGH_WATER_BYTES, UpstreamConnection, UpstreamPool
 
-log = logging.getLogger("dsproxy.downstream")
+log = logging.getLogger("dsproxy.proxy.connection")
 
 IDLE, ACTIVE, TUNNEL, CLOSED = range(4)
 # Request body bytes held while the upstream connection is being opened.

@@ -15,14 +15,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
-from dsproxy.addr import HostPort
 from dsproxy.config import Config
 from dsproxy.errors import ConfigError
-from dsproxy.listener import Listener, ListenError
-from dsproxy.server import ProxyServer
+from dsproxy.net.addr import HostPort
+from dsproxy.net.listener import Listener, ListenError
+from dsproxy.proxy.server import ProxyServer
 
 log = logging.getLogger("dsproxy")
 
@@ -62,9 +61,9 @@ async def serve(
     reuse_port: bool | None = None,
 ) -> int:
     """Run one proxy process until it is told to stop; return the exit code."""
-    from dsproxy.accesslog import AccessLog, combine
-    from dsproxy.logsetup import configure_logging
-    from dsproxy.metrics import Metrics, metrics_registry_for_scrape
+    from dsproxy.observe.accesslog import AccessLog, combine
+    from dsproxy.observe.logsetup import configure_logging
+    from dsproxy.observe.metrics import Metrics, metrics_registry_for_scrape
 
     configure_logging(config.log.level)
     loop = asyncio.get_running_loop()
@@ -81,7 +80,7 @@ async def serve(
 
     admin = None
     if config.admin.listen is not None:
-        from dsproxy.admin import start_admin
+        from dsproxy.observe.admin import start_admin
 
         try:
             admin = await start_admin(
@@ -167,31 +166,3 @@ async def serve(
         metrics.flush()
     log.info("stopped")
     return 0
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed (the default on Linux), else asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
-def run_main(coro: Coroutine[Any, Any, int]) -> int:
-    """Run ``coro`` on uvloop and return its exit code."""
-    try:
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            return runner.run(coro)
-    except KeyboardInterrupt:
-        return 130
-
-
-def run(config: Config) -> int:
-    """``dsproxy run``: one process, or a supervisor with ``server.workers`` processes."""
-    if config.server.workers > 1:
-        from dsproxy.workers import supervise
-
-        return supervise(config)
-    return run_main(serve(config))

@@ -41,7 +41,6 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError as WSLocalProtocolError
 from wsproto.utilities import RemoteProtocolError as WSRemoteProtocolError
 
-from dsproxy.addr import HostPort, family_of, normalise_ip
 from dsproxy.config import (
     AdminConfig,
     Config,
@@ -50,6 +49,7 @@ from dsproxy.config import (
     UpstreamConfig,
     UpstreamServer,
 )
+from dsproxy.net.addr import HostPort, family_of, normalise_ip
 
 DEFAULT_DEMO_LISTEN = HostPort("::", 16980)
 MAX_DELAY_SECONDS = 30.0
@@ -491,7 +491,7 @@ def demo_instructions(bound: Sequence[HostPort], gateway_port: int) -> str:
 
 
 async def _run_demo(listen: HostPort) -> int:
-    from dsproxy.lifecycle import serve
+    from dsproxy.app.serve import serve
 
     gateway = await start_demo_gateway()
     try:
@@ -506,6 +506,6 @@ async def _run_demo(listen: HostPort) -> int:
 
 def main(listen: HostPort | None) -> int:
     """``dsproxy demo [--listen ADDR]``: the demo gateway behind a proxy on ``listen``."""
-    from dsproxy.lifecycle import run_main
+    from dsproxy.app.runner import run_main
 
     return run_main(_run_demo(listen or DEFAULT_DEMO_LISTEN))

@@ -32,8 +32,9 @@ from collections import deque
 
 import httptools
 
-from dsproxy.codec import wire
-from dsproxy.codec.base import (
+from dsproxy.errors import ClientError, UpstreamError
+from dsproxy.http.codec import wire
+from dsproxy.http.codec.base import (
     ClientCodec,
     Headers,
     Pieces,
@@ -43,7 +44,6 @@ from dsproxy.codec.base import (
     ResponseHead,
     ServerCodec,
 )
-from dsproxy.errors import ClientError, UpstreamError
 
 # Queued server events (parsed while the previous request awaits its response).
 _BEGIN = 0

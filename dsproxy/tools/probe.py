@@ -36,7 +36,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, Reject
 from wsproto.events import Request as WSRequest
 from wsproto.utilities import ProtocolError as WSProtocolError
 
-from dsproxy.addr import Family
+from dsproxy.net.addr import Family
 
 READ_SIZE_BYTES = 65536
 PING_PAYLOAD_BYTES = 16

@@ -41,10 +41,15 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics_core import Metric
 
-from dsproxy.addr import Family
-from dsproxy.records import CLIENT_ERROR_KINDS, UPSTREAM_ERROR_KINDS, RequestRecord, TunnelRecord
+from dsproxy.net.addr import Family
+from dsproxy.observe.records import (
+    CLIENT_ERROR_KINDS,
+    UPSTREAM_ERROR_KINDS,
+    RequestRecord,
+    TunnelRecord,
+)
 
-log = logging.getLogger("dsproxy.metrics")
+log = logging.getLogger("dsproxy.observe.metrics")
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from dsproxy.codec.base import Headers, RequestHead, ResponseHead
 from dsproxy.config import IPNetwork
 from dsproxy.errors import ClientError, UpstreamError
+from dsproxy.http.codec.base import Headers, RequestHead, ResponseHead
 
 # RFC 9110 §7.6.1 plus the de-facto Proxy-Connection / Keep-Alive.
 HOP_BY_HOP = frozenset(

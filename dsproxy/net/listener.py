@@ -14,9 +14,9 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from dsproxy.addr import HostPort
+from dsproxy.net.addr import HostPort
 
-log = logging.getLogger("dsproxy.listener")
+log = logging.getLogger("dsproxy.net.listener")
 
 # Accept queue length: the kernel caps it at net.core.somaxconn, so asking high
 # costs nothing and lets bursts of new connections wait instead of being reset.

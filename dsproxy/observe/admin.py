@@ -28,9 +28,9 @@ from typing import cast
 import h11
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from dsproxy.addr import HostPort
+from dsproxy.net.addr import HostPort
 
-log = logging.getLogger("dsproxy.admin")
+log = logging.getLogger("dsproxy.observe.admin")
 
 # Request line + headers; admin requests are a few hundred bytes.
 MAX_HEADER_BYTES = 8192

@@ -2,7 +2,7 @@
 
 ::
 
-    2026-11-25T07:55:01Z level=warning logger=dsproxy.upstream msg="connect failed" client=1.2.3.4
+    2026-11-25T07:55:01Z level=warning logger=dsproxy.proxy.pool msg="connect failed" client=1.2.3.4
 
 Fields passed with ``extra={"client": ...}`` are appended in the order given.
 A value is quoted (with ``\\"``, ``\\\\``, ``\\n`` escapes) when it is empty

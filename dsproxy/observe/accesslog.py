@@ -22,7 +22,7 @@ Both are written when the request (or session) ends, with its end time.
 Flushing: lines are gathered in memory and written in batches, never one
 syscall per request (too slow at 50k req/s). A batch goes out when it reaches
 ``PIPE_BUF_BYTES`` and whenever the server calls ``flush()`` (every
-``dsproxy.lifecycle.FLUSH_SECONDS`` and at exit). Each write holds whole lines and at
+``dsproxy.app.serve.FLUSH_SECONDS`` and at exit). Each write holds whole lines and at
 most PIPE_BUF bytes, which POSIX makes atomic on a pipe: several worker
 processes sharing one stdout never tear or interleave each other's lines.
 """
@@ -37,10 +37,10 @@ import time
 from collections.abc import Iterable
 from typing import Any, Literal, TextIO
 
-from dsproxy.addr import Family
-from dsproxy.records import NullObserver, Observer, RequestRecord, TunnelRecord
+from dsproxy.net.addr import Family
+from dsproxy.observe.records import NullObserver, Observer, RequestRecord, TunnelRecord
 
-log = logging.getLogger("dsproxy.accesslog")
+log = logging.getLogger("dsproxy.observe.accesslog")
 
 AccessLogFormat = Literal["combined", "json"]
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import h11
 
-from dsproxy.codec.base import (
+from dsproxy.errors import ClientError, UpstreamError
+from dsproxy.http.codec.base import (
     ClientCodec,
     Headers,
     Pieces,
@@ -20,7 +21,6 @@ from dsproxy.codec.base import (
     ResponseHead,
     ServerCodec,
 )
-from dsproxy.errors import ClientError, UpstreamError
 
 
 def _framing(headers: Headers) -> tuple[int | None, bool, bool]:

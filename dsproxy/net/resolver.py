@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from dsproxy.config import UpstreamServer
 
-log = logging.getLogger("dsproxy.resolver")
+log = logging.getLogger("dsproxy.net.resolver")
 
 Lookup = Callable[[str, int], Awaitable[list[tuple[int, str]]]]
 

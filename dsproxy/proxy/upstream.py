@@ -16,16 +16,16 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, cast
 
-from dsproxy.codec.base import ClientCodec, CodecFactory, Headers, ResponseHead
 from dsproxy.config import UpstreamConfig, UpstreamServer
 from dsproxy.errors import UpstreamError
-from dsproxy.records import Observer
+from dsproxy.http.codec.base import ClientCodec, CodecFactory, Headers, ResponseHead
+from dsproxy.observe.records import Observer
 
 if TYPE_CHECKING:
-    from dsproxy.resolver import Resolver
-    from dsproxy.tunnel import Tunnel
+    from dsproxy.net.resolver import Resolver
+    from dsproxy.proxy.tunnel import Tunnel
 
-log = logging.getLogger("dsproxy.upstream")
+log = logging.getLogger("dsproxy.proxy.upstream")
 
 # A server that failed to connect is skipped this long (passive health check).
 FAILED_SERVER_BACKOFF_SECONDS = 5.0

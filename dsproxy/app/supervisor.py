@@ -1,12 +1,12 @@
 """Several worker processes on one port (SO_REUSEPORT), watched by a supervisor.
 
 The supervisor never touches client traffic. Each worker is a full one-process
-proxy (``lifecycle.serve``) that binds the listen addresses itself with
+proxy (``dsproxy.app.serve.serve``) that binds the listen addresses itself with
 SO_REUSEPORT, so the kernel spreads new connections over the workers. The
 supervisor:
 
 - checks once that the listen addresses can be bound, then starts
-  ``server.workers`` workers (``python -m dsproxy.workers --worker FILE``, the
+  ``server.workers`` workers (``python -m dsproxy.app.supervisor --worker FILE``, the
   Config pickled into FILE); a worker reports readiness through a pipe;
 - serves the admin listener: /metrics summed over workers with client_python's
   multiprocess mode (PROMETHEUS_MULTIPROC_DIR, a fresh directory per run),
@@ -47,16 +47,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsproxy.addr import HostPort
+from dsproxy.app.runner import run_main
+from dsproxy.app.serve import serve
 from dsproxy.config import AdminConfig, Config
 from dsproxy.errors import ConfigError
+from dsproxy.net.addr import HostPort
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from dsproxy.admin import AdminServer
+    from dsproxy.observe.admin import AdminServer
 
-log = logging.getLogger("dsproxy.workers")
+log = logging.getLogger("dsproxy.app.supervisor")
 
 # More unexpected worker deaths than this within the window: give up (crash loop).
 RESTART_LIMIT = 5
@@ -120,7 +122,7 @@ class Supervisor:
 
     # -- main --------------------------------------------------------------------
     async def run(self) -> int:
-        from dsproxy.listener import ListenError, bind_all
+        from dsproxy.net.listener import ListenError, bind_all
 
         loop = asyncio.get_running_loop()
         try:
@@ -164,12 +166,12 @@ class Supervisor:
         return self.exit_code
 
     async def _start_admin(self, address: HostPort) -> AdminServer:
-        from dsproxy.admin import start_admin
+        from dsproxy.observe.admin import start_admin
 
         return await start_admin(address, registry=self._metrics_registry(), is_ready=self.is_ready)
 
     def _metrics_registry(self) -> CollectorRegistry:
-        from dsproxy.metrics import multiprocess_registry
+        from dsproxy.observe.metrics import multiprocess_registry
 
         return multiprocess_registry(str(self.metrics_dir))
 
@@ -182,7 +184,7 @@ class Supervisor:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "dsproxy.workers",
+                "dsproxy.app.supervisor",
                 "--worker",
                 str(self.config_file),
                 "--ready-fd",
@@ -226,7 +228,7 @@ class Supervisor:
             worker.generation = self.generation
 
     async def _watch(self, worker: Worker) -> None:
-        from dsproxy.metrics import mark_process_dead
+        from dsproxy.observe.metrics import mark_process_dead
 
         code = await worker.process.wait()
         self.workers.discard(worker)
@@ -363,8 +365,7 @@ def describe_exit(code: int) -> str:
 
 def supervise(config: Config) -> int:
     """``dsproxy run`` with ``server.workers > 1``: run the supervisor until stopped."""
-    from dsproxy.lifecycle import run_main
-    from dsproxy.logsetup import configure_logging
+    from dsproxy.observe.logsetup import configure_logging
 
     configure_logging(config.log.level)
     state_dir = Path(tempfile.mkdtemp(prefix="dsproxy-"))
@@ -394,7 +395,7 @@ def _exit_with_supervisor(supervisor_pid: int) -> None:
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of one worker: ``python -m dsproxy.workers --worker FILE ...``."""
+    """Entry point of one worker: ``python -m dsproxy.app.supervisor --worker FILE ...``."""
     # Until serve() installs its handlers, a SIGHUP must not kill us (the
     # supervisor re-sends it once we report ready).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -404,8 +405,6 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--supervisor-pid", type=int, required=True)
     args = parser.parse_args(argv)
     _exit_with_supervisor(args.supervisor_pid)
-
-    from dsproxy.lifecycle import run_main, serve
 
     config = pickle.loads(args.worker.read_bytes())
     if not isinstance(config, Config):
@@ -425,3 +424,10 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(worker_main())
+
+
+def run(config: Config) -> int:
+    """``dsproxy run``: one process, or a supervisor with ``server.workers`` processes."""
+    if config.server.workers > 1:
+        return supervise(config)
+    return run_main(serve(config))

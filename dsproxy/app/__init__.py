@@ -1,0 +1,1 @@
+"""Process level: the event loop runner, one worker's lifecycle, the supervisor."""

@@ -1,0 +1,1 @@
+"""HTTP rules without I/O: codecs, RFC 9112 framing, header rules."""

@@ -1,0 +1,1 @@
+"""Network plumbing: address forms, listen sockets, upstream name resolution."""

@@ -1,0 +1,1 @@
+"""Observability: records, metrics, access log, log setup, admin listener."""

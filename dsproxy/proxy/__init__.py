@@ -1,0 +1,1 @@
+"""The proxy: client connections, exchanges, routing, upstream pools, tunnels."""

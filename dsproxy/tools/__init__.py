@@ -1,0 +1,1 @@
+"""Tools around the proxy: the demo gateway and the dual-stack probe."""
