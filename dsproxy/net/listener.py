@@ -31,11 +31,13 @@ class ListenError(OSError):
 class Listener:
     address: HostPort  # what was asked for
     sock: socket.socket
+    # What the socket is bound to (port 0 resolved), read once at bind time: the
+    # event loop closes the socket when its server closes, and then it has no name.
+    bound: HostPort = HostPort("", 0)
 
-    @property
-    def bound(self) -> HostPort:
+    def __post_init__(self) -> None:
         host, port = self.sock.getsockname()[:2]
-        return HostPort(str(host), int(port))
+        self.bound = HostPort(str(host), int(port))
 
     @property
     def dual_stack(self) -> bool:

@@ -15,7 +15,7 @@ import logging
 from dsproxy.config import Config
 from dsproxy.http.codec import get_codec
 from dsproxy.net.addr import HostPort
-from dsproxy.net.listener import Listener, bind_all, bind_listener
+from dsproxy.net.listener import Listener, bind_all
 from dsproxy.net.resolver import Resolver
 from dsproxy.observe.records import Observer
 from dsproxy.proxy.connection import DownstreamProtocol, Shared
@@ -98,7 +98,9 @@ class ProxyServer:
         """New connections use ``config``; open ones finish on the old one.
 
         Listen addresses that did not change keep their sockets, so no
-        connection is refused while reloading.
+        connection is refused while reloading. New addresses are bound before
+        old ones close; when one cannot be bound, every listener stays as it
+        was and ``ListenError`` says why (the rest of the config still applies).
         """
         old = self.shared
         self.config = config
@@ -109,19 +111,34 @@ class ProxyServer:
         for conn in list(old.connections):
             conn.close_if_idle()
         self._retired.append(old)
-        wanted = set(config.server.listen)
-        for address in list(self._listeners):
-            if address not in wanted:
-                listener, server = self._listeners.pop(address)
-                server.close()
-                log.info("stopped listening on %s", listener.bound)
-        for address in config.server.listen:
-            if address not in self._listeners:
-                listener = bind_listener(
-                    address, ipv6only=config.server.ipv6only, reuse_port=self.reuse_port
-                )
-                await self._serve(listener)
+        await self._rebind(config)
         self._retired = [s for s in self._retired if s.connections]
+
+    async def _rebind(self, config: Config) -> None:
+        wanted = config.server.listen
+        added = [a for a in wanted if a not in self._listeners]
+        # Bind everything new first: all or nothing, and nothing old is closed yet.
+        fresh = bind_all(tuple(added), ipv6only=config.server.ipv6only, reuse_port=self.reuse_port)
+        try:
+            for listener in fresh:
+                await self._serve(listener)
+        except BaseException:
+            for listener in fresh:
+                entry = self._listeners.pop(listener.address, None)
+                if entry is not None:
+                    entry[1].close()
+                else:
+                    listener.sock.close()
+            raise
+        for address in [a for a in self._listeners if a not in wanted]:
+            listener, server = self._listeners.pop(address)
+            server.close()
+            log.info("stopped listening on %s", listener.bound)
+
+    @property
+    def listening(self) -> bool:
+        """True while at least one listener accepts connections."""
+        return any(server.is_serving() for _, server in self._listeners.values())
 
     def stop_accepting(self) -> None:
         for _, server in self._listeners.values():
