@@ -131,11 +131,11 @@ def forwarding_rewriters() -> tuple[Rewrite, RewriteResp] | None:
     try:
         from dsproxy.http import rules as fw
 
-        ctx = fw.ClientContext(client_ip="10.0.0.1", listen_port=b"16980", trusted=False,
-                               upstream_authority=b"127.0.0.1:18080", preserve_host=True)
+        ctx = fw.ClientContext(client_ip="10.0.0.1", listen_port=b"16980", trusted=False)
+        target = fw.UpstreamTarget(authority=b"127.0.0.1:18080", preserve_host=True)
 
         def req(head: RequestHead) -> tuple[bytes, bytes, Headers]:
-            up = fw.build_upstream_request(head, ctx)
+            up = fw.build_upstream_request(head, ctx, target)
             return up.method, up.target, up.headers
 
         def resp(r: ResponseHead, head: RequestHead) -> Headers:

@@ -1,8 +1,8 @@
 """CPU cost of dsproxy's own Python per proxied request: the whole hot path, no sockets.
 
 One keep-alive cycle goes through the real objects a worker uses: a
-``DownstreamProtocol`` gets the request bytes (``data_received``), borrows an
-``UpstreamConnection`` from the real ``UpstreamPool``, writes the request head
+``ClientConnection`` gets the request bytes (``data_received``), its exchange
+borrows an ``UpstreamConnection`` from the real ``UpstreamPool``, writes the request head
 to it, the upstream connection gets the response bytes, and the response is
 written back; the request is recorded to the real ``Metrics`` observer (and,
 with ``--access-log``, to an access log writing to /dev/null). The transports
@@ -34,8 +34,11 @@ from dsproxy.http.codec import get_codec, httptools_available  # noqa: E402
 from dsproxy.net.resolver import Resolver  # noqa: E402
 from dsproxy.observe.metrics import Metrics  # noqa: E402
 from dsproxy.observe.records import Observer  # noqa: E402
-from dsproxy.proxy.connection import DownstreamProtocol, Shared  # noqa: E402
-from dsproxy.proxy.upstream import UpstreamConnection, UpstreamPool  # noqa: E402
+from dsproxy.proxy.connection import ClientConnection  # noqa: E402
+from dsproxy.proxy.pool import DEFAULT_GROUP, PoolRegistry, UpstreamPool  # noqa: E402
+from dsproxy.proxy.router import build_router  # noqa: E402
+from dsproxy.proxy.shared import Shared  # noqa: E402
+from dsproxy.proxy.upstream import UpstreamConnection  # noqa: E402
 
 
 class CountingTransport:
@@ -93,8 +96,15 @@ async def measure(codec_name: str, kind: str, n: int, repeat: int, access_log: s
         sink = io.StringIO()
         observer = combine([observer, AccessLog(access_log, sink)])  # type: ignore[arg-type]
     pool = UpstreamPool(config.upstream, codec, observer, Resolver(0))
-    shared = Shared(config=config, codec=codec, pool=pool, observer=observer)
-    down = DownstreamProtocol(shared)
+    pools = PoolRegistry({DEFAULT_GROUP: pool})
+    shared = Shared(
+        config=config,
+        codec=codec,
+        pools=pools,
+        router=build_router(config, pools),
+        observer=observer,
+    )
+    down = ClientConnection(shared)
     client = CountingTransport(("::ffff:192.0.2.7", 50000, 0, 0), ("::", 16980, 0, 0))
     down.connection_made(cast(asyncio.Transport, client))
     conn = UpstreamConnection(pool, config.upstream.servers[0], codec)
@@ -110,9 +120,8 @@ async def measure(codec_name: str, kind: str, n: int, repeat: int, access_log: s
     for _ in range(500):  # warm up, and check that every cycle completes
         before = client.bytes
         cycle()
-        if client.bytes <= before or client.closed or pool.acquire() is not conn:
+        if client.bytes <= before or client.closed or pool.idle_count != 1:
             raise RuntimeError("a cycle did not complete")
-        pool.release(conn, used=False)
     best = float("inf")
     for _ in range(repeat):
         t0 = time.process_time()

@@ -8,7 +8,6 @@ tests use ordinary blocking clients (httpx.Client, raw sockets, curl,
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -19,6 +18,7 @@ import pytest
 
 from dsproxy.app.runner import new_event_loop
 from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer, WebSocketConfig
+from dsproxy.http.codec import httptools_available
 from dsproxy.net.addr import Family, HostPort
 from dsproxy.observe.records import RequestRecord, TunnelRecord
 from dsproxy.proxy.server import ProxyServer
@@ -29,7 +29,6 @@ T = TypeVar("T")
 CALL_TIMEOUT_SECONDS = 15.0
 
 
-HTTPTOOLS_CODEC = importlib.util.find_spec("dsproxy.http.codec.httptools_codec") is not None
 IPV6 = ipv6_available()
 
 
@@ -124,7 +123,8 @@ def upstream(loop_thread: LoopThread) -> Iterator[Upstream]:
         pytest.param(
             "httptools",
             marks=pytest.mark.skipif(
-                not HTTPTOOLS_CODEC, reason="dsproxy/codec/httptools_codec.py not written yet"
+                not httptools_available(),
+                reason="httptools ([speedups]) is not installed",
             ),
         ),
     ]

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from dsproxy.config import IPNetwork
-from dsproxy.errors import ClientError, UpstreamError
+from dsproxy.errors import ClientError
 from dsproxy.http.codec.base import Headers, RequestHead, ResponseHead
+from dsproxy.http.framing import response_has_body, tokens
 
 # RFC 9110 §7.6.1 plus the de-facto Proxy-Connection / Keep-Alive.
 HOP_BY_HOP = frozenset(
@@ -54,7 +55,13 @@ class ClientContext:
     client_ip: str  # normalised
     listen_port: bytes  # the port the client connected to, for X-Forwarded-Port
     trusted: bool  # the peer is in server.trusted_proxies
-    upstream_authority: bytes  # "host:port" of the upstream
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """What forwarding needs to know about the upstream group a request goes to."""
+
+    authority: bytes  # "host:port" of the upstream (its first server)
     preserve_host: bool  # upstream.host_header == "preserve"
 
 
@@ -74,11 +81,11 @@ def is_trusted(client_ip: str, networks: Iterable[IPNetwork]) -> bool:
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade"})
 
 
-def _listed(value: bytes) -> list[bytes]:
+def _listed(value: bytes) -> tuple[bytes, ...]:
     """The field names a Connection header value lists (RFC 9110 §7.6.1), lower-cased."""
     if value in _PLAIN_CONNECTION:
-        return []
-    return [t for t in (t.strip().lower() for t in value.split(b",")) if t]
+        return ()
+    return tokens(value)
 
 
 def _end_to_end(headers: Headers) -> Headers:
@@ -116,7 +123,7 @@ class UpstreamRequest:
 
 
 def build_upstream_request(
-    head: RequestHead, ctx: ClientContext, *, max_body_bytes: int = 0
+    head: RequestHead, ctx: ClientContext, target: UpstreamTarget, *, max_body_bytes: int = 0
 ) -> UpstreamRequest:
     """Check a client request and rewrite it for the upstream, in one pass over its headers.
 
@@ -137,7 +144,7 @@ def build_upstream_request(
     proto = b""
     wants_trailers = False
     trusted = ctx.trusted
-    preserve_host = ctx.preserve_host
+    preserve_host = target.preserve_host
     for name, value in head.headers:
         if len(name) not in _REQUEST_LENGTHS:
             out.append((name, value))
@@ -173,11 +180,11 @@ def build_upstream_request(
             out = [(n, v) for n, v in out if n.lower() not in extra]
     client = ctx.client_ip.encode("ascii")
     if not host or not preserve_host:
-        out.append((b"Host", ctx.upstream_authority))
+        out.append((b"Host", target.authority))
     out.append((b"X-Forwarded-For", xff + b", " + client if xff else client))
     out.append((b"X-Real-IP", real_ip or client))
     out.append((b"X-Forwarded-Proto", proto or b"http"))
-    out.append((b"X-Forwarded-Host", host or ctx.upstream_authority))
+    out.append((b"X-Forwarded-Host", host or target.authority))
     out.append((b"X-Forwarded-Port", ctx.listen_port))
     if wants_trailers:
         out.append((b"TE", b"trailers"))
@@ -189,11 +196,6 @@ def build_upstream_request(
     if chunked:
         out.append((b"Transfer-Encoding", b"chunked"))
     return UpstreamRequest(head.method, head.target, out, chunked, websocket, host)
-
-
-def response_has_body(method: bytes, status: int) -> bool:
-    """RFC 9112 §6.3: HEAD responses, 1xx, 204 and 304 never carry a body."""
-    return not (method == b"HEAD" or status < 200 or status == 204 or status == 304)
 
 
 @dataclass(slots=True)
@@ -230,13 +232,7 @@ def build_switch_response(resp: ResponseHead) -> Headers:
     return out
 
 
-def check_switch(resp: ResponseHead, websocket_requested: bool) -> None:
-    """A 101 is only valid as the answer to a WebSocket upgrade we forwarded."""
-    if not websocket_requested:
-        raise UpstreamError("101 Switching Protocols the client did not ask for", kind="protocol")
-
-
-def error_response(status: int, detail: str = "") -> tuple[bytes, Headers, bytes]:
+def error_response(status: int) -> tuple[bytes, Headers, bytes]:
     """A short plain-text error: (reason, headers, body). The connection closes after."""
     try:
         phrase = HTTPStatus(status).phrase

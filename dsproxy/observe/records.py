@@ -23,7 +23,7 @@ CLIENT_ERROR_KINDS = (
     "body_too_large",
     "over_capacity",
 )
-# Bounded label values for upstream_error(kind) (DESIGN.md).
+# Bounded label values for upstream_error(kind) (docs/configuration.md, metrics).
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
 
 
@@ -149,6 +149,7 @@ class TunnelRecord:
     bytes_from_client: int
     bytes_to_client: int
     close_reason: str  # client_closed | upstream_closed | idle_timeout | shutdown | error
+    user_agent: str = ""  # the client's User-Agent on the upgrade request
 
 
 class Observer(Protocol):

@@ -1,4 +1,4 @@
-"""One worker's proxy: its listeners, its upstream pool, its client connections.
+"""One worker's proxy: its listeners, its upstream pools, its client connections.
 
 ``ProxyServer`` is the owner of every socket of a worker. Shutdown follows
 uvicorn's order: stop accepting, tell connections to finish (idle ones close
@@ -18,8 +18,10 @@ from dsproxy.net.addr import HostPort
 from dsproxy.net.listener import Listener, bind_all
 from dsproxy.net.resolver import Resolver
 from dsproxy.observe.records import Observer
-from dsproxy.proxy.connection import DownstreamProtocol, Shared
-from dsproxy.proxy.upstream import UpstreamPool
+from dsproxy.proxy.connection import ClientConnection
+from dsproxy.proxy.pool import DEFAULT_GROUP, PoolRegistry, UpstreamPool
+from dsproxy.proxy.router import build_router
+from dsproxy.proxy.shared import Shared
 
 log = logging.getLogger("dsproxy.proxy.server")
 
@@ -42,15 +44,21 @@ class ProxyServer:
         self.shared = self._make_shared(config)
         self._retired: list[Shared] = []  # configurations replaced by a reload, still draining
         self._listeners: dict[HostPort, tuple[Listener, asyncio.Server]] = {}
-        self.draining = False
 
     def _make_shared(self, config: Config) -> Shared:
         codec = get_codec(config.server.parser)
         pool = UpstreamPool(config.upstream, codec, self.observer, self.resolver)
-        return Shared(config=config, codec=codec, pool=pool, observer=self.observer)
+        pools = PoolRegistry({DEFAULT_GROUP: pool})
+        return Shared(
+            config=config,
+            codec=codec,
+            pools=pools,
+            router=build_router(config, pools),
+            observer=self.observer,
+        )
 
-    def _factory(self) -> DownstreamProtocol:
-        return DownstreamProtocol(self.shared)
+    def _factory(self) -> ClientConnection:
+        return ClientConnection(self.shared)
 
     @property
     def reuse_port(self) -> bool:
@@ -107,7 +115,7 @@ class ProxyServer:
         self.resolver.interval = config.upstream.resolve_interval
         self.shared = self._make_shared(config)
         old.draining = True
-        old.pool.close()
+        old.pools.close()
         for conn in list(old.connections):
             conn.close_if_idle()
         self._retired.append(old)
@@ -146,12 +154,11 @@ class ProxyServer:
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let in-flight work finish for ``grace`` seconds, then abort."""
-        self.draining = True
         self.stop_accepting()
         everything = [self.shared, *self._retired]
         for shared in everything:
             shared.draining = True
-            shared.pool.close()
+            shared.pools.close()
             for conn in list(shared.connections):
                 conn.close_if_idle()
         waits = []
@@ -168,7 +175,7 @@ class ProxyServer:
         for shared in everything:
             for conn in list(shared.connections):
                 conn.abort()
-            shared.pool.abort_busy()
+            shared.pools.abort_busy()
         for _, server in self._listeners.values():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), timeout=1.0)

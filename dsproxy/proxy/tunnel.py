@@ -1,9 +1,15 @@
 """The WebSocket tunnel: after a 101, raw bytes both ways until either side ends.
 
+The switch is a protocol swap: the tunnel installs one ``TunnelEnd`` protocol
+on each transport (``transport.set_protocol``, as uvicorn does on upgrade), so
+neither the client connection nor the upstream connection hears another
+callback, and no callback has to ask "am I a tunnel now?".
+
 The tunnel owns both transports from the switch on. Flow control is
 symmetric: when one side's write buffer passes its high-water mark the other
-side stops reading until it drains. An idle timer (websocket.idle_timeout)
-closes sessions that move no bytes either way.
+side stops reading until it drains. A FIN is passed on (half-close) and the
+tunnel ends when both directions are done or either side is lost. An idle
+timer (websocket.idle_timeout) closes sessions that move no bytes either way.
 """
 
 from __future__ import annotations
@@ -13,6 +19,47 @@ import time
 from collections.abc import Callable
 
 from dsproxy.observe.records import TunnelRecord
+
+
+class TunnelEnd(asyncio.Protocol):
+    """One side of a tunnel: what it reads is written to the other side."""
+
+    __slots__ = ("tunnel", "transport", "peer", "name", "eof", "moved")
+
+    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport, name: str) -> None:
+        self.tunnel = tunnel
+        self.transport = transport
+        self.peer: TunnelEnd | None = None
+        self.name = name  # "client" | "upstream": the close reason when this side ends
+        self.eof = False
+        self.moved = 0  # bytes read from this side
+
+    def data_received(self, data: bytes) -> None:
+        self.moved += len(data)
+        self.tunnel.last_activity = time.monotonic()
+        peer = self.peer
+        if peer is not None:
+            peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is None or peer.eof:
+            self.tunnel.close(f"{self.name}_closed")
+        elif peer.transport.can_write_eof():
+            peer.transport.write_eof()
+        return True  # keep the transport open: the other direction may still flow
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.tunnel.close(f"{self.name}_closed")
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and not self.tunnel.closed:
+            self.peer.transport.resume_reading()
 
 
 class Tunnel:
@@ -25,82 +72,35 @@ class Tunnel:
         record: TunnelRecord,
         on_close: Callable[[Tunnel], None],
     ) -> None:
-        self.client = client
-        self.upstream = upstream
+        self.client = TunnelEnd(self, client, "client")
+        self.upstream = TunnelEnd(self, upstream, "upstream")
+        self.client.peer = self.upstream
+        self.upstream.peer = self.client
         self.idle_timeout = idle_timeout
         self.record = record
         self._on_close = on_close
         self._started = time.monotonic()
-        self._last_activity = self._started
+        self.last_activity = self._started
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
-        self._client_eof = False
-        self._upstream_eof = False
-        if idle_timeout > 0:
-            self._timer = asyncio.get_running_loop().call_later(idle_timeout, self._check_idle)
 
     def start(self, to_client: bytes, to_upstream: bytes) -> None:
-        """Deliver the bytes that arrived behind each side's handshake head."""
+        """Take both transports over; deliver the bytes that arrived behind each handshake head."""
+        self.client.transport.set_protocol(self.client)
+        self.upstream.transport.set_protocol(self.upstream)
+        if self.idle_timeout > 0:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.idle_timeout, self._check_idle)
         if to_client:
-            self.upstream_data(to_client)
+            self.upstream.data_received(to_client)
         if to_upstream:
-            self.client_data(to_upstream)
+            self.client.data_received(to_upstream)
 
-    # -- data ---------------------------------------------------------------------
-    def client_data(self, data: bytes) -> None:
-        self.record.bytes_from_client += len(data)
-        self._last_activity = time.monotonic()
-        self.upstream.write(data)
-
-    def upstream_data(self, data: bytes) -> None:
-        self.record.bytes_to_client += len(data)
-        self._last_activity = time.monotonic()
-        self.client.write(data)
-
-    # -- half-close: pass a FIN on; close once both directions are done -------------
-    def client_eof(self) -> bool:
-        self._client_eof = True
-        if self._upstream_eof:
-            self.close("client_closed")
-        elif self.upstream.can_write_eof():
-            self.upstream.write_eof()
-        return True
-
-    def upstream_eof(self) -> bool:
-        self._upstream_eof = True
-        if self._client_eof:
-            self.close("upstream_closed")
-        elif self.client.can_write_eof():
-            self.client.write_eof()
-        return True
-
-    def client_lost(self) -> None:
-        self.close("client_closed")
-
-    def upstream_lost(self) -> None:
-        self.close("upstream_closed")
-
-    # -- flow control ---------------------------------------------------------------
-    def client_pause_writing(self) -> None:
-        self.upstream.pause_reading()
-
-    def client_resume_writing(self) -> None:
-        if not self.closed:
-            self.upstream.resume_reading()
-
-    def upstream_pause_writing(self) -> None:
-        self.client.pause_reading()
-
-    def upstream_resume_writing(self) -> None:
-        if not self.closed:
-            self.client.resume_reading()
-
-    # -- ending -----------------------------------------------------------------------
     def _check_idle(self) -> None:
         self._timer = None
         if self.closed:
             return
-        idle_for = time.monotonic() - self._last_activity
+        idle_for = time.monotonic() - self.last_activity
         if idle_for >= self.idle_timeout:
             self.close("idle_timeout")
             return
@@ -115,15 +115,18 @@ class Tunnel:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.client.close()
-        self.upstream.close()
-        self.record.close_reason = reason
-        self.record.duration = time.monotonic() - self._started
+        self.client.transport.close()
+        self.upstream.transport.close()
+        record = self.record
+        record.close_reason = reason
+        record.duration = time.monotonic() - self._started
+        record.bytes_from_client = self.client.moved
+        record.bytes_to_client = self.upstream.moved
         self._on_close(self)
 
     def abort(self, reason: str) -> None:
         """End at once without flushing (shutdown grace ran out)."""
         if not self.closed:
-            self.client.abort()
-            self.upstream.abort()
+            self.client.transport.abort()
+            self.upstream.transport.abort()
             self.close(reason)

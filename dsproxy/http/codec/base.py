@@ -59,6 +59,7 @@ class ResponseHead:
     keep_alive: bool  # the upstream allows reuse after this response
     content_length: int | None
     chunked: bool
+    to_eof: bool = False  # no framing: the body ends when the upstream closes
 
 
 class RequestHandler(Protocol):

@@ -21,29 +21,7 @@ from dsproxy.http.codec.base import (
     ResponseHead,
     ServerCodec,
 )
-
-
-def _framing(headers: Headers) -> tuple[int | None, bool, bool]:
-    """(content_length, chunked, both_given) from h11-normalised header names."""
-    content_length: int | None = None
-    chunked = False
-    has_te = False
-    for name, value in headers:
-        if name == b"content-length":
-            content_length = int(value)
-        elif name == b"transfer-encoding":
-            has_te = True
-            chunked = value.lower() == b"chunked"
-    return content_length, chunked, has_te and content_length is not None
-
-
-def _tokens(headers: Headers, wanted: bytes) -> list[bytes]:
-    """The comma-separated, lower-cased tokens of every ``wanted`` header."""
-    out: list[bytes] = []
-    for name, value in headers:
-        if name == wanted:
-            out.extend(t.strip().lower() for t in value.split(b","))
-    return out
+from dsproxy.http.framing import request_head, response_head
 
 
 def _as_bytes(data: bytes | bytearray | memoryview) -> bytes:
@@ -93,28 +71,7 @@ class H11ServerCodec(ServerCodec):
             size += len(name) + len(value) + 4
         if size > self._max_header_bytes:
             raise ClientError("request head too large", status=431, kind="header_too_large")
-        normalised = list(event.headers)
-        content_length, chunked, both = _framing(normalised)
-        if both:
-            # RFC 9112 §6.1: a server MAY reject; a proxy forwarding it invites smuggling.
-            raise ClientError("both Content-Length and Transfer-Encoding", status=400)
-        connection = _tokens(normalised, b"connection")
-        upgrade = None
-        if b"upgrade" in connection:
-            values = _tokens(normalised, b"upgrade")
-            upgrade = values[0] if values else None
-        expect = _tokens(normalised, b"expect")
-        return RequestHead(
-            method=event.method,
-            target=event.target,
-            version=event.http_version,
-            headers=raw,
-            keep_alive=event.http_version == b"1.1" and b"close" not in connection,
-            content_length=content_length,
-            chunked=chunked,
-            upgrade=upgrade,
-            expect_continue=b"100-continue" in expect,
-        )
+        return request_head(event.method, event.target, event.http_version, raw)
 
     def feed_eof(self) -> bool:
         conn = self._conn
@@ -149,8 +106,8 @@ class H11ServerCodec(ServerCodec):
         return data or b""
 
     def encode_body(self, data: bytes) -> Pieces:
-        out = self._conn.send(h11.Data(data=data))
-        return (out,) if out else ()
+        # The data itself is one of the pieces: chunk framing goes around it, no join copy.
+        return tuple(self._conn.send_with_data_passthrough(h11.Data(data=data)) or ())
 
     def encode_end(self, trailers: Headers) -> bytes:
         return self._conn.send(h11.EndOfMessage(headers=trailers)) or b""
@@ -162,6 +119,7 @@ class H11ClientCodec(ClientCodec):
         self._conn = h11.Connection(h11.CLIENT)
         self._switched = False
         self._method = b""
+        self._upgrade = False
 
     def encode_request_head(
         self,
@@ -172,13 +130,13 @@ class H11ClientCodec(ClientCodec):
         chunked: bool,
         upgrade: bool = False,
     ) -> bytes:
-        # h11 tells a protocol switch from the headers themselves.
         self._method = method
+        self._upgrade = upgrade
         return self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
 
     def encode_body(self, data: bytes) -> Pieces:
-        out = self._conn.send(h11.Data(data=data))
-        return (out,) if out else ()
+        # The data itself is one of the pieces: chunk framing goes around it, no join copy.
+        return tuple(self._conn.send_with_data_passthrough(h11.Data(data=data)) or ())
 
     def encode_end(self, trailers: Headers) -> bytes:
         return self._conn.send(h11.EndOfMessage(headers=trailers)) or b""
@@ -212,31 +170,13 @@ class H11ClientCodec(ClientCodec):
                 return
 
     def _head(self, event: h11.Response | h11.InformationalResponse) -> ResponseHead:
-        normalised = list(event.headers)
-        content_length, chunked, both = _framing(normalised)
-        if both:
-            raise UpstreamError(
-                "response has both Content-Length and Transfer-Encoding", kind="protocol"
-            )
-        keep_alive = event.http_version == b"1.1" and b"close" not in _tokens(
-            normalised, b"connection"
-        )
-        if (
-            content_length is None
-            and not chunked
-            and event.status_code >= 200
-            and event.status_code not in (204, 304)
-            and self._method != b"HEAD"
-        ):
-            keep_alive = False  # no framing: the body runs to EOF (RFC 9112 §6.3 rule 8)
-        return ResponseHead(
-            status=event.status_code,
-            reason=_as_bytes(event.reason),
-            version=event.http_version,
-            headers=list(event.headers.raw_items()),
-            keep_alive=keep_alive,
-            content_length=content_length,
-            chunked=chunked,
+        return response_head(
+            event.status_code,
+            _as_bytes(event.reason),
+            event.http_version,
+            list(event.headers.raw_items()),
+            method=self._method,
+            upgrade_requested=self._upgrade,
         )
 
     def feed_eof(self) -> None:

@@ -6,17 +6,17 @@ import ipaddress
 
 import pytest
 
-from dsproxy.errors import ClientError, UpstreamError
+from dsproxy.errors import ClientError
 from dsproxy.http.codec.base import Headers, RequestHead, ResponseHead
 from dsproxy.http.rules import (
     ClientContext,
+    UpstreamRequest,
+    UpstreamTarget,
     build_client_response,
     build_switch_response,
     build_upstream_request,
-    check_switch,
     error_response,
     is_trusted,
-    response_has_body,
 )
 from dsproxy.net.addr import HostPort, family_of, normalise_ip, parse_hostport
 
@@ -61,14 +61,17 @@ def response(
 
 def ctx(
     client_ip: str = "192.0.2.7", *, trusted: bool = False, preserve_host: bool = True
-) -> ClientContext:
-    return ClientContext(
-        client_ip=client_ip,
-        listen_port=b"16980",
-        trusted=trusted,
-        upstream_authority=b"gateway:18080",
-        preserve_host=preserve_host,
+) -> tuple[ClientContext, UpstreamTarget]:
+    return (
+        ClientContext(client_ip=client_ip, listen_port=b"16980", trusted=trusted),
+        UpstreamTarget(authority=b"gateway:18080", preserve_host=preserve_host),
     )
+
+
+def forward(
+    head: RequestHead, where: tuple[ClientContext, UpstreamTarget], *, max_body_bytes: int = 0
+) -> UpstreamRequest:
+    return build_upstream_request(head, *where, max_body_bytes=max_body_bytes)
 
 
 def names(headers: Headers) -> list[bytes]:
@@ -96,7 +99,7 @@ def test_hop_by_hop_and_connection_listed_stripped() -> None:
         ],
         chunked=True,
     )
-    up = build_upstream_request(head, ctx())
+    up = forward(head, ctx())
     got = names(up.headers)
     for gone in (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer"):
         assert gone not in got
@@ -112,7 +115,7 @@ def test_hop_by_hop_and_connection_listed_stripped() -> None:
 
 
 def test_forwarded_headers_set() -> None:
-    up = build_upstream_request(request([(b"Host", b"api.example:8443")]), ctx("2001:db8::1"))
+    up = forward(request([(b"Host", b"api.example:8443")]), ctx("2001:db8::1"))
     assert values(up.headers, b"host") == [b"api.example:8443"]
     assert values(up.headers, b"x-forwarded-for") == [b"2001:db8::1"]
     assert values(up.headers, b"x-real-ip") == [b"2001:db8::1"]
@@ -133,7 +136,7 @@ def test_untrusted_client_forwarded_headers_replaced() -> None:
             (b"X-Forwarded-Port", b"1"),
         ]
     )
-    up = build_upstream_request(head, ctx())
+    up = forward(head, ctx())
     assert values(up.headers, b"x-forwarded-for") == [b"192.0.2.7"]
     assert values(up.headers, b"x-real-ip") == [b"192.0.2.7"]
     assert values(up.headers, b"x-forwarded-proto") == [b"http"]
@@ -150,19 +153,19 @@ def test_trusted_client_forwarded_for_appended() -> None:
             (b"X-Forwarded-Proto", b"https"),
         ]
     )
-    up = build_upstream_request(head, ctx(trusted=True))
+    up = forward(head, ctx(trusted=True))
     assert values(up.headers, b"x-forwarded-for") == [b"198.51.100.1, 198.51.100.2, 192.0.2.7"]
     assert values(up.headers, b"x-forwarded-proto") == [b"https"]
 
 
 def test_host_header_upstream_mode() -> None:
-    up = build_upstream_request(request([(b"Host", b"public.example")]), ctx(preserve_host=False))
+    up = forward(request([(b"Host", b"public.example")]), ctx(preserve_host=False))
     assert values(up.headers, b"host") == [b"gateway:18080"]
     assert values(up.headers, b"x-forwarded-host") == [b"public.example"]
 
 
 def test_http10_without_host_gets_upstream_authority() -> None:
-    up = build_upstream_request(request([], version=b"1.0", keep_alive=False), ctx())
+    up = forward(request([], version=b"1.0", keep_alive=False), ctx())
     assert values(up.headers, b"host") == [b"gateway:18080"]
 
 
@@ -176,7 +179,7 @@ def test_websocket_upgrade_restated() -> None:
         ],
         upgrade=b"websocket",
     )
-    up = build_upstream_request(head, ctx())
+    up = forward(head, ctx())
     assert up.websocket
     assert values(up.headers, b"upgrade") == [b"websocket"]
     assert [v.lower() for v in values(up.headers, b"connection")] == [b"upgrade"]
@@ -193,7 +196,7 @@ def test_h2c_upgrade_not_honoured() -> None:
         ],
         upgrade=b"h2c",
     )
-    up = build_upstream_request(head, ctx())
+    up = forward(head, ctx())
     assert not up.websocket
     assert b"upgrade" not in names(up.headers)
     assert b"http2-settings" not in names(up.headers)
@@ -201,7 +204,7 @@ def test_h2c_upgrade_not_honoured() -> None:
 
 
 def test_te_trailers_kept() -> None:
-    up = build_upstream_request(request([(b"Host", b"h"), (b"TE", b"trailers")]), ctx())
+    up = forward(request([(b"Host", b"h"), (b"TE", b"trailers")]), ctx())
     assert values(up.headers, b"te") == [b"trailers"]
 
 
@@ -216,15 +219,15 @@ def test_te_trailers_kept() -> None:
 )
 def test_refusals(head: RequestHead, status: int) -> None:
     with pytest.raises(ClientError) as info:
-        build_upstream_request(head, ctx(), max_body_bytes=100)
+        forward(head, ctx(), max_body_bytes=100)
     assert info.value.status == status
 
 
 def test_accepted_bodies_and_hosts() -> None:
     head = request([(b"Host", b"h")], content_length=100)
-    build_upstream_request(head, ctx(), max_body_bytes=100)
-    build_upstream_request(request([(b"Host", b"h")], content_length=10**9), ctx())
-    up = build_upstream_request(request([], version=b"1.0"), ctx())
+    forward(head, ctx(), max_body_bytes=100)
+    forward(request([(b"Host", b"h")], content_length=10**9), ctx())
+    up = forward(request([], version=b"1.0"), ctx())
     assert values(up.headers, b"host") == [b"gateway:18080"]
 
 
@@ -232,7 +235,7 @@ def test_connection_cannot_drop_host() -> None:
     """Host is mandatory end to end: a Connection token naming it is ignored."""
     head = request([(b"Host", b"public.example"), (b"Connection", b"host, x-trace")])
     head.headers.append((b"X-Trace", b"1"))
-    up = build_upstream_request(head, ctx(preserve_host=True))
+    up = forward(head, ctx(preserve_host=True))
     assert values(up.headers, b"host") == [b"public.example"]
     assert values(up.headers, b"x-trace") == []
 
@@ -279,21 +282,6 @@ def test_response_close_requested() -> None:
     assert values(out.headers, b"connection") == [b"close"]
 
 
-@pytest.mark.parametrize(
-    ("method", "status", "has_body"),
-    [
-        (b"GET", 200, True),
-        (b"HEAD", 200, False),
-        (b"GET", 204, False),
-        (b"GET", 304, False),
-        (b"GET", 103, False),
-        (b"POST", 404, True),
-    ],
-)
-def test_response_has_body(method: bytes, status: int, has_body: bool) -> None:
-    assert response_has_body(method, status) is has_body
-
-
 def test_head_response_not_rechunked() -> None:
     out = build_client_response(
         response([]), request([(b"Host", b"h")], method=b"HEAD"), close=False
@@ -316,12 +304,6 @@ def test_switch_response() -> None:
     assert values(out, b"sec-websocket-accept") == [b"a"]
     assert values(out, b"upgrade") == [b"websocket"]
     assert len(values(out, b"connection")) == 1
-
-
-def test_check_switch() -> None:
-    check_switch(response([], status=101), websocket_requested=True)
-    with pytest.raises(UpstreamError):
-        check_switch(response([], status=101), websocket_requested=False)
 
 
 @pytest.mark.parametrize("status", [400, 408, 413, 431, 502, 503, 504])

@@ -1,4 +1,4 @@
-"""Protocol tier: DownstreamProtocol driven through a fake transport and a fake pool.
+"""Protocol tier: ClientConnection driven through a fake transport and a fake pool.
 
 No sockets: bytes go in through ``data_received``; what the proxy writes is
 read back from the recording transports.
@@ -14,12 +14,15 @@ import pytest
 
 from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer
 from dsproxy.errors import UpstreamError
-from dsproxy.http.codec import get_codec
+from dsproxy.http.codec import get_codec, httptools_available
 from dsproxy.http.codec.base import CodecFactory
 from dsproxy.net.addr import HostPort
-from dsproxy.proxy.connection import DownstreamProtocol, Shared
-from dsproxy.proxy.upstream import ConnectWaiter, UpstreamConnection, UpstreamPool
-from tests.conftest import HTTPTOOLS_CODEC, RecordingObserver
+from dsproxy.proxy.connection import ClientConnection
+from dsproxy.proxy.pool import ConnectWaiter, PoolRegistry, UpstreamPool
+from dsproxy.proxy.router import build_router
+from dsproxy.proxy.shared import Shared
+from dsproxy.proxy.upstream import UpstreamConnection
+from tests.conftest import RecordingObserver
 
 SERVER = UpstreamServer("10.0.0.9", 18080)
 
@@ -98,10 +101,13 @@ class FakePool:
         self.detached: list[UpstreamConnection] = []
         self.broken_errors: list[UpstreamError] = []
 
-    def acquire(self) -> UpstreamConnection | None:
-        return self.idle.pop() if self.idle else None
+    def acquire(self, waiter: ConnectWaiter) -> UpstreamConnection | None:
+        if self.idle:
+            return self.idle.pop()
+        self.waiting.append(waiter)
+        return None
 
-    def connect(self, waiter: ConnectWaiter, *, exclude: UpstreamServer | None = None) -> None:
+    def connect(self, waiter: ConnectWaiter) -> None:
         self.waiting.append(waiter)
 
     def release(self, conn: UpstreamConnection, *, used: bool = True) -> None:
@@ -130,10 +136,15 @@ class Rig:
         self.codec = codec
         self.pool = FakePool()
         self.observer = RecordingObserver()
+        pools = PoolRegistry({"default": cast(UpstreamPool, self.pool)})
         self.shared = Shared(
-            config=config, codec=codec, pool=cast(UpstreamPool, self.pool), observer=self.observer
+            config=config,
+            codec=codec,
+            pools=pools,
+            router=build_router(config, pools),
+            observer=self.observer,
         )
-        self.proto = DownstreamProtocol(self.shared)
+        self.proto = ClientConnection(self.shared)
         self.client = FakeTransport(("::ffff:192.0.2.10", 50000, 0, 0), ("::", 16980, 0, 0))
         self.proto.connection_made(cast(asyncio.Transport, self.client))
 
@@ -153,7 +164,9 @@ def run(coro_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         "h11",
         pytest.param(
             "httptools",
-            marks=pytest.mark.skipif(not HTTPTOOLS_CODEC, reason="httptools codec not written yet"),
+            marks=pytest.mark.skipif(
+                not httptools_available(), reason="httptools is not installed"
+            ),
         ),
     ]
 )
@@ -234,9 +247,10 @@ def test_post_body_held_until_upstream_connects(codec: CodecFactory) -> None:
         rig.proto.data_received(
             b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789"
         )
-        assert rig.pool.waiting == [rig.proto]
+        assert rig.pool.waiting == [rig.proto.exchange]
+        assert rig.proto.exchange is not None
         conn, up = rig.upstream_conn()
-        rig.proto.upstream_ready(conn, False)
+        rig.pool.waiting[0].upstream_ready(conn, False)
         sent = up.take()
         assert sent.startswith(b"POST /up HTTP/1.1\r\n")
         assert sent.endswith(b"\r\n\r\n0123456789")
@@ -279,7 +293,7 @@ def test_upstream_failure_before_head_is_502(codec: CodecFactory) -> None:
         rig = Rig(codec)
         rig.proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         conn, _ = rig.upstream_conn()
-        rig.proto.upstream_ready(conn, False)
+        rig.pool.waiting[0].upstream_ready(conn, False)
         conn.data_received(b"garbage that is not a status line\r\n\r\n")
         out = rig.client.take()
         assert out.startswith(b"HTTP/1.1 502 ")
@@ -317,7 +331,7 @@ def test_pipelined_requests_wait_for_response(codec: CodecFactory) -> None:
 def test_over_capacity_aborts_at_once(codec: CodecFactory) -> None:
     async def scenario() -> None:
         rig = Rig(codec, max_connections=1)
-        other = DownstreamProtocol(rig.shared)
+        other = ClientConnection(rig.shared)
         transport = FakeTransport(("127.0.0.1", 1), ("::", 16980, 0, 0))
         other.connection_made(cast(asyncio.Transport, transport))
         assert transport.aborted

@@ -1,0 +1,42 @@
+"""What every client connection of one configuration generation shares.
+
+A reload makes a new ``Shared``: connections accepted after it use the new
+configuration, router and pools; open ones finish on the one they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dsproxy.config import Config
+from dsproxy.http.codec.base import CodecFactory
+from dsproxy.observe.records import Observer
+from dsproxy.proxy.pool import PoolRegistry
+from dsproxy.proxy.router import Router
+
+
+class ServedConnection(Protocol):
+    """A client connection as the server sees it while draining."""
+
+    def close_if_idle(self) -> bool: ...
+    def abort(self) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class Shared:
+    config: Config
+    codec: CodecFactory
+    pools: PoolRegistry
+    router: Router
+    observer: Observer
+    connections: set[ServedConnection] = field(default_factory=set)
+    draining: bool = False
+    # Set by shutdown; fired when the last connection closes.
+    all_closed: asyncio.Event | None = None
+
+    def connection_closed(self, conn: ServedConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self.all_closed is not None:
+            self.all_closed.set()
