@@ -179,7 +179,8 @@ class AccessLog(NullObserver):
     def tunnel_combined(self, r: TunnelRecord) -> str:
         return (
             f"{r.client_ip} - - [{self._clock.local(r.start_time + r.duration)}] "
-            f'"{escape(_request_line("GET", r.target, "1.1"))}" 101 {r.bytes_to_client} "-" "-"'
+            f'"{escape(_request_line("GET", r.target, "1.1"))}" 101 {r.bytes_to_client} "-" '
+            f'"{_or_dash(r.user_agent)}"'
         )
 
     def tunnel_json(self, r: TunnelRecord) -> str:
@@ -197,6 +198,7 @@ class AccessLog(NullObserver):
             "bytes_received": r.bytes_from_client,
             "duration": round(r.duration, 6),
             "upstream": r.upstream_addr,
+            "user_agent": r.user_agent,
             "close_reason": r.close_reason,
         }
         return _JSON.encode(entry)

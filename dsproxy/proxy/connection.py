@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 from typing import Final, cast
 
+import dsproxy.http.codec.wire as wire
 from dsproxy.errors import ClientError, ProxyError
-from dsproxy.http.codec import wire
 from dsproxy.http.codec.base import Headers, RequestHead, ResponseHead, ServerCodec
 from dsproxy.http.rules import (
     ClientContext,

@@ -192,6 +192,7 @@ class Exchange:
             self.route.pool.detach(conn)
         if (
             conn is not None
+            and error.kind == "reset"  # closed before answering; never a bad answer
             and self.reused
             and not self.retried
             and not self.response_started

@@ -1,4 +1,4 @@
-"""Faults get the statuses of DESIGN.md, and the proxy keeps serving everyone else."""
+"""Faults get the statuses in docs/architecture.md, and the proxy keeps serving the rest."""
 
 from __future__ import annotations
 

@@ -76,6 +76,21 @@ def test_echo_through_websockets_client(proxy: RunningProxy, upstream: Upstream)
     assert wait_for(lambda: len(proxy.observer.tunnels) == 1)
 
 
+def test_session_record_carries_user_agent_and_byte_counts(proxy: RunningProxy) -> None:
+    """The tunnel's record (access log, metrics) keeps the upgrade request's User-Agent."""
+    with connect(
+        ws_url(proxy), open_timeout=5, close_timeout=2, user_agent_header="probe-ws/2.1"
+    ) as ws:
+        ws.send("12345")
+        assert ws.recv(timeout=5) == "12345"
+    assert wait_for(lambda: len(proxy.observer.tunnels) == 1)
+    record = proxy.observer.tunnels[0]
+    assert record.user_agent == "probe-ws/2.1"
+    assert record.close_reason in ("client_closed", "upstream_closed")
+    assert record.bytes_from_client > 5  # the masked frame and the close frame
+    assert record.bytes_to_client > 5
+
+
 def test_bytes_behind_handshake_in_same_packet(proxy: RunningProxy) -> None:
     ws = client_frames()
     frame = ws.send(wse.TextMessage(data="riding along"))

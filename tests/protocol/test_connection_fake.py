@@ -38,6 +38,7 @@ class FakeTransport:
         self.aborted = False
         self.reading = True
         self.eof_written = False
+        self.protocol: asyncio.BaseProtocol | None = None  # set by set_protocol only
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert not self.closed, "write after close"
@@ -84,6 +85,13 @@ class FakeTransport:
     def write_eof(self) -> None:
         self.calls.append("write_eof")
         self.eof_written = True
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.calls.append("set_protocol")
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol | None:
+        return self.protocol
 
     def take(self) -> bytes:
         data = bytes(self.written)
@@ -339,5 +347,77 @@ def test_over_capacity_aborts_at_once(codec: CodecFactory) -> None:
         other.connection_lost(None)
         rig.proto.connection_lost(None)
         assert rig.shared.connections == set()
+
+    run(scenario)
+
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: h\r\nUser-Agent: fake-ws/1\r\nConnection: Upgrade\r\n"
+    b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+SWITCH = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+)
+
+
+def test_101_swaps_both_transports_to_the_tunnel(codec: CodecFactory) -> None:
+    """After a 101 neither HTTP protocol object hears another byte: the tunnel ends do."""
+
+    async def scenario() -> None:
+        rig = Rig(codec)
+        conn, up = rig.upstream_conn()
+        rig.pool.idle.append(conn)
+        rig.proto.data_received(UPGRADE + b"early-client-bytes")
+        assert up.take().startswith(b"GET /ws HTTP/1.1\r\n")
+        conn.data_received(SWITCH + b"early-upstream-bytes")
+        out = rig.client.take()
+        assert out.startswith(b"HTTP/1.1 101 ")
+        assert out.endswith(b"\r\n\r\nearly-upstream-bytes")
+        assert up.take() == b"early-client-bytes"
+        client_end, upstream_end = rig.client.protocol, up.protocol
+        assert client_end is not None
+        assert upstream_end is not None
+        assert client_end is not rig.proto
+        assert upstream_end is not conn
+        assert rig.pool.detached == [conn]  # the tunnel owns it now, not the pool
+        assert isinstance(client_end, asyncio.Protocol)
+        assert isinstance(upstream_end, asyncio.Protocol)
+        client_end.data_received(b"ping")
+        upstream_end.data_received(b"pong")
+        assert (up.take(), rig.client.take()) == (b"ping", b"pong")
+        # Half-close is passed on; the session ends when both directions are done.
+        client_end.eof_received()
+        assert up.eof_written
+        assert not rig.observer.tunnels
+        upstream_end.eof_received()
+        assert rig.client.closed
+        assert up.closed
+        record = rig.observer.tunnels[0]
+        assert record.close_reason == "upstream_closed"
+        assert record.user_agent == "fake-ws/1"
+        assert (record.bytes_from_client, record.bytes_to_client) == (
+            len(b"early-client-bytes") + 4,
+            len(b"early-upstream-bytes") + 4,
+        )
+        client_end.connection_lost(None)
+        assert rig.shared.connections == set()
+        assert rig.observer.closed == ["ipv4"]
+
+    run(scenario)
+
+
+def test_unrequested_101_is_502(codec: CodecFactory) -> None:
+    async def scenario() -> None:
+        rig = Rig(codec)
+        conn, up = rig.upstream_conn()
+        rig.pool.idle.append(conn)
+        rig.proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        conn.data_received(SWITCH)
+        assert rig.client.take().startswith(b"HTTP/1.1 502 ")
+        assert rig.client.protocol is None  # no tunnel
+        assert rig.observer.upstream_errors == ["protocol"]
+        rig.proto.connection_lost(None)
 
     run(scenario)

@@ -165,6 +165,14 @@ def test_websocket_session_combined() -> None:
     assert NGINX_COMBINED.match(line) is not None
 
 
+@pytest.mark.usefixtures("utc")
+def test_websocket_session_combined_keeps_the_user_agent() -> None:
+    record = tunnel(start_time=END_TIME - 12.5, duration=12.5, user_agent='ws "client"/1.0')
+    line = combined(record)
+    assert line.endswith(' 101 250 "-" "ws \\x22client\\x22/1.0"')
+    assert NGINX_COMBINED.match(line) is not None
+
+
 # -- json --------------------------------------------------------------------------------
 
 
@@ -251,6 +259,8 @@ def test_json_websocket_session() -> None:
     assert entry["close_reason"] == "client_closed"
     assert entry["client"] == "::1"
     assert entry["family"] == "ipv6"
+    assert entry["user_agent"] == ""
+    assert as_json(tunnel(user_agent="Mozilla/5.0"))["user_agent"] == "Mozilla/5.0"
 
 
 def test_milliseconds() -> None:

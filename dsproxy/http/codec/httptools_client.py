@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import httptools
 
+import dsproxy.http.codec.wire as wire
 from dsproxy.errors import UpstreamError
-from dsproxy.http.codec import wire
 from dsproxy.http.codec.base import ClientCodec, Headers, Pieces, ResponseHandler, ResponseHead
 from dsproxy.http.codec.httptools_common import PASS_BODY_MIN_BYTES, parser_version
 from dsproxy.http.framing import response_has_body, response_head

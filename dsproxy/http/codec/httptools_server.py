@@ -9,8 +9,8 @@ from collections import deque
 
 import httptools
 
+import dsproxy.http.codec.wire as wire
 from dsproxy.errors import ClientError
-from dsproxy.http.codec import wire
 from dsproxy.http.codec.base import Headers, Pieces, RequestHandler, ServerCodec
 from dsproxy.http.codec.httptools_common import PASS_BODY_MIN_BYTES, parser_version
 from dsproxy.http.framing import request_head
