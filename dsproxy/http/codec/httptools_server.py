@@ -373,7 +373,5 @@ class HttptoolsServerCodec(ServerCodec):
         return wire.chunk(data) if self._chunked_out else (data,)
 
     def encode_end(self, trailers: Headers) -> bytes:
-        if self._chunked_out:
-            self._chunked_out = False
-            return wire.last_chunk(trailers)
-        return b""
+        chunked, self._chunked_out = self._chunked_out, False
+        return wire.body_end(chunked, trailers)
