@@ -226,9 +226,9 @@ class AccessLog(NullObserver):
         try:
             if self._fd is not None:
                 self.stream.flush()  # whatever else went through the text layer first
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(self._fd, view) :]
+                sent = 0
+                while sent < len(chunk):  # a partial write only on a full pipe
+                    sent += os.write(self._fd, chunk[sent:] if sent else chunk)
             else:
                 self.stream.write(chunk.decode("utf-8"))
                 self.stream.flush()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from dsproxy.http.codec.base import RequestHead
 from dsproxy.net.addr import Family
 
@@ -167,6 +169,8 @@ class Observer(Protocol):
     def websocket_closed(self, record: TunnelRecord) -> None: ...
 
 
+# Compiled builds: observers written in plain Python (tests, plug-ins) may build on this.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class NullObserver:
     """An observer that drops everything (tests, benchmarks of the bare path)."""
 

@@ -68,6 +68,13 @@ class Pool(Protocol):
     def detach(self, conn: UpstreamConnection) -> None: ...
 
 
+class ManagedPool(Pool, Protocol):
+    """A pool as its worker sees it: lent out by exchanges, closed at reload and shutdown."""
+
+    def close(self) -> None: ...
+    def abort_busy(self) -> None: ...
+
+
 class UpstreamPool:
     """Keep-alive pool of one upstream group for one worker."""
 
@@ -339,13 +346,13 @@ class UpstreamPool:
 class PoolRegistry:
     """The pools of one worker's configuration, keyed by upstream group."""
 
-    def __init__(self, pools: dict[str, UpstreamPool]) -> None:
+    def __init__(self, pools: dict[str, ManagedPool]) -> None:
         self._pools = pools
 
-    def get(self, group: str) -> UpstreamPool:
+    def get(self, group: str) -> ManagedPool:
         return self._pools[group]
 
-    def __iter__(self) -> Iterator[UpstreamPool]:
+    def __iter__(self) -> Iterator[ManagedPool]:
         return iter(self._pools.values())
 
     def close(self) -> None:

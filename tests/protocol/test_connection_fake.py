@@ -18,7 +18,7 @@ from dsproxy.http.codec import get_codec, httptools_available
 from dsproxy.http.codec.base import CodecFactory
 from dsproxy.net.addr import HostPort
 from dsproxy.proxy.connection import ClientConnection
-from dsproxy.proxy.pool import ConnectWaiter, PoolRegistry, UpstreamPool
+from dsproxy.proxy.pool import ConnectWaiter, PoolRegistry
 from dsproxy.proxy.router import build_router
 from dsproxy.proxy.shared import Shared
 from dsproxy.proxy.upstream import UpstreamConnection
@@ -134,6 +134,12 @@ class FakePool:
     def broken(self, conn: UpstreamConnection, error: UpstreamError) -> None:
         self.broken_errors.append(error)
 
+    def close(self) -> None:
+        pass
+
+    def abort_busy(self) -> None:
+        pass
+
 
 class Rig:
     def __init__(self, codec: CodecFactory, **server: Any) -> None:
@@ -144,7 +150,7 @@ class Rig:
         self.codec = codec
         self.pool = FakePool()
         self.observer = RecordingObserver()
-        pools = PoolRegistry({"default": cast(UpstreamPool, self.pool)})
+        pools = PoolRegistry({"default": self.pool})
         self.shared = Shared(
             config=config,
             codec=codec,
@@ -157,7 +163,7 @@ class Rig:
         self.proto.connection_made(cast(asyncio.Transport, self.client))
 
     def upstream_conn(self) -> tuple[UpstreamConnection, FakeTransport]:
-        conn = UpstreamConnection(cast(UpstreamPool, self.pool), SERVER, self.codec)
+        conn = UpstreamConnection(self.pool, SERVER, self.codec)
         transport = FakeTransport(("10.0.0.9", 18080), ("10.0.0.1", 40000))
         conn.connection_made(cast(asyncio.Transport, transport))
         return conn, transport
