@@ -399,7 +399,7 @@ class _Key:
     parse: Callable[[str, object], Any]
 
 
-# TOML section -> (dataclass, {key: _Key}); the order is DESIGN.md's table.
+# TOML section -> (dataclass, {key: _Key}); the order is docs/configuration.md's.
 _SCHEMA: dict[str, tuple[type[Any], dict[str, _Key]]] = {
     "server": (
         ServerConfig,
