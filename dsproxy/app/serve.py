@@ -49,7 +49,12 @@ log = logging.getLogger("dsproxy")
 FLUSH_SECONDS = 1.0
 
 # Keys a one-process reload cannot apply: (section, field, key as written).
-RESTART_KEYS = (("log", "access", "log.access"), ("server", "workers", "server.workers"))
+RESTART_KEYS = (
+    ("log", "access", "log.access"),
+    ("server", "workers", "server.workers"),
+    # Unchanged listen addresses keep their sockets, so their IPV6_V6ONLY stays as it was.
+    ("server", "ipv6only", "server.ipv6only"),
+)
 
 
 def codec_name(parser: str) -> str:
