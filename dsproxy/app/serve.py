@@ -81,6 +81,11 @@ def keys_needing_restart(old: Config, new: Config) -> list[str]:
     ]
 
 
+def listen_error(exc: ListenError) -> str:
+    """A listen address that cannot be bound, and what changes it."""
+    return f"{exc} (change it with --listen ADDR or server.listen)"
+
+
 def stdin_is_terminal() -> bool:
     try:
         return os.isatty(0)
@@ -146,7 +151,7 @@ async def serve(
     try:
         await server.start(listeners)
     except ListenError as exc:
-        log.error("%s", exc)
+        log.error("%s", listen_error(exc))
         return 1
 
     def is_ready() -> bool:

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsproxy.app.runner import run_main
-from dsproxy.app.serve import describe_start, serve
+from dsproxy.app.serve import describe_start, listen_error, serve, stdin_is_terminal
 from dsproxy.config import AdminConfig, Config
 from dsproxy.errors import ConfigError
 from dsproxy.net.addr import HostPort
@@ -98,6 +98,7 @@ class Supervisor:
         self.generation = 0
         self.config_file = self._write_config(config)
         self.stopping = False
+        self._stop_with = signal.SIGTERM  # what _retire sends a worker
         self.exit_code = 0
         self.all_exited = asyncio.Event()
         self.admin: AdminServer | None = None
@@ -138,7 +139,7 @@ class Supervisor:
             ):
                 listener.sock.close()
         except ListenError as exc:
-            log.error("%s", exc)
+            log.error("%s", listen_error(exc))
             return 1
         if any(address.port == 0 for address in self.config.server.listen):
             log.warning("listen port 0 with several workers: each worker gets its own port")
@@ -151,7 +152,7 @@ class Supervisor:
                 log.error("%s", admin_bind_error(self.config.admin.listen, exc))
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.on_stop_signal)
+            loop.add_signal_handler(sig, self.on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self.on_reload_signal)
         try:
             log.info("starting %d workers", self.wanted)
@@ -288,7 +289,7 @@ class Supervisor:
     def _retire(self, worker: Worker) -> None:
         """Tell ``worker`` to drain and stop; SIGKILL it if it outstays its time."""
         worker.retiring = True
-        self._signal(worker, signal.SIGTERM)
+        self._signal(worker, self._stop_with)
         shutdown = self.config.shutdown
         self._call_later(
             shutdown.delay + shutdown.grace + STOP_MARGIN_SECONDS,
@@ -305,13 +306,17 @@ class Supervisor:
             worker.process.send_signal(sig)
 
     # -- signals -----------------------------------------------------------------
-    def on_stop_signal(self) -> None:
+    def on_stop_signal(self, sig: int = signal.SIGTERM) -> None:
         if self.stopping:
             log.warning("second stop signal: telling the workers to stop now")
             for worker in list(self.workers):
                 self._signal(worker, signal.SIGTERM)
             return
         log.info("stop signal: readiness off, draining %d workers", len(self.workers))
+        if sig == signal.SIGINT and stdin_is_terminal():
+            # Ctrl-C by hand: the workers (same terminal on stdin) skip shutdown.delay
+            # when they get SIGINT, as a one-process proxy does.
+            self._stop_with = signal.SIGINT
         self.stop()
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -863,12 +864,13 @@ def terminal_stdin() -> Iterator[int]:
         os.close(primary)
 
 
+@WORKERS
 def test_ctrl_c_in_a_terminal_skips_the_readiness_delay(
-    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread
+    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread, workers: int
 ) -> None:
     upstream = upstreams.start("A")
     with terminal_stdin() as tty:
-        proxy = start_proxy(upstream_ports=[upstream.port], delay=20, stdin=tty)
+        proxy = start_proxy(upstream_ports=[upstream.port], delay=20, stdin=tty, workers=workers)
         proxy.signal(signal.SIGINT)
         sent = time.monotonic()
         assert proxy.wait_exit(10) == 0
@@ -916,11 +918,14 @@ def test_second_ctrl_c_stops_at_once_without_a_traceback(
 # -- readiness on the upstream (issue 12) ---------------------------------------------
 
 
+@WORKERS
 def test_readiness_follows_the_upstream_when_asked(
-    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread
+    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread, workers: int
 ) -> None:
+    # With workers, each reports its readiness to the supervisor, which serves /readyz.
     gateway_port = free_port()  # nothing listens there yet
     proxy = start_proxy(
+        workers=workers,
         upstream_ports=[gateway_port],
         upstream_extra='readiness_interval = "100ms"\nreadiness_window = "500ms"',
         wait_ready=False,
@@ -933,3 +938,77 @@ def test_readiness_follows_the_upstream_when_asked(
     upstreams.stop(gateway)
     wait_until(lambda: proxy.admin_status("/readyz") == 503, "not ready once it stops answering")
     assert "no upstream address answers" in proxy.log()
+
+
+def test_a_taken_listen_port_names_the_flag_and_the_key(tmp_path: Path) -> None:
+    holder = hold_port(free_port())
+    port = holder.getsockname()[1]
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        result = subprocess.run(
+            [sys.executable, "-m", "dsproxy", "run", "--listen", f"127.0.0.1:{port}"]
+            + ["--upstream", "http://127.0.0.1:1", "--admin", "off"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=START_TIMEOUT_SECONDS,
+            check=False,
+        )
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--listen ADDR or server.listen" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_readiness_needs_an_open_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/readyz is never 200 while the server has no listener open (issue 12, item 1)."""
+    from dsproxy.app.serve import Lifecycle, serve
+    from dsproxy.config import AdminConfig, ShutdownConfig
+
+    listening = {"now": True}
+    monkeypatch.setattr(ProxyServer, "listening", property(lambda self: listening["now"]))
+    admin_port = free_port()
+    config = Config(
+        server=ServerConfig(listen=(HostPort("127.0.0.1", 0),)),
+        upstream=UpstreamConfig(servers=(UpstreamServer("127.0.0.1", 1),)),
+        admin=AdminConfig(listen=HostPort("127.0.0.1", admin_port)),
+        shutdown=ShutdownConfig(delay=0, grace=1),
+    )
+    seen: list[bool] = []
+
+    async def main() -> None:
+        life = Lifecycle()
+        task = asyncio.create_task(
+            serve(config, install_signals=False, lifecycle=life, readiness=seen.append)
+        )
+        url = f"http://127.0.0.1:{admin_port}/readyz"
+        async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
+
+            async def status() -> int:
+                try:
+                    return (await client.get(url)).status_code
+                except httpx.TransportError:
+                    return 0
+
+            await wait_until_async(status, lambda code: code == 200, "ready")
+            listening["now"] = False
+            assert await status() == 503
+            listening["now"] = True
+            assert await status() == 200
+        life.on_stop_signal()
+        assert await asyncio.wait_for(task, WAIT_TIMEOUT_SECONDS) == 0
+
+    # serve() installs dsproxy's log handler on the root logger: take it off again.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        asyncio.run(asyncio.wait_for(main(), 2 * WAIT_TIMEOUT_SECONDS))
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+    assert seen[0] is True  # reported to a supervisor as it changes
+    assert seen[-1] is False  # and not ready once stopping
