@@ -344,6 +344,8 @@ class Supervisor:
             log.error("reload refused, keeping the running config: %s: %s", source, exc)
             return
         old = self.config
+        if not self._can_listen(old, new):
+            return
         self.config = new
         self.config_file = self._write_config(new)
         if new.admin.listen != old.admin.listen:
@@ -371,6 +373,28 @@ class Supervisor:
             source,
             self.wanted,
         )
+
+    def _can_listen(self, old: Config, new: Config) -> bool:
+        """Can the workers bind ``new``'s added listen addresses? Else refuse the reload.
+
+        Each worker would keep its old listeners anyway, but a worker started later
+        (a replacement, or more workers) would bind the new config and die on it.
+        """
+        from dsproxy.net.listener import ListenError, bind_all
+
+        added = tuple(a for a in new.server.listen if a not in old.server.listen)
+        try:
+            for listener in bind_all(added, ipv6only=new.server.ipv6only, reuse_port=True):
+                listener.sock.close()
+        except ListenError as exc:
+            kept = ", ".join(str(address) for address in old.server.listen)
+            log.error(
+                "reload refused: %s; kept the old listeners (%s) and the running config",
+                listen_error(exc),
+                kept,
+            )
+            return False
+        return True
 
     # -- helpers -------------------------------------------------------------------
     def _start_task(self, coro: Coroutine[Any, Any, None]) -> None:
