@@ -34,6 +34,7 @@ from dsproxy.config import (
     PARSER_NAMES,
     Config,
     apply_overrides,
+    duration_seconds,
     load_config,
     parse_listen_address,
     problems_in_file,
@@ -56,12 +57,12 @@ def _listen_address(text: str) -> HostPort:
 
 
 def _positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    """``5``, ``2.5`` or, as in the config file, ``"5s"``, ``"500ms"``."""
+    seconds = duration_seconds(text)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f'must be a number of seconds > 0 (or like "5s", "500ms"), got {text!r}'
+        )
     return seconds
 
 

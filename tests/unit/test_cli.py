@@ -393,6 +393,7 @@ def test_demo_bad_listen(
         (["probe", "http://gw:80/"], ("http://gw:80/", None, 5.0)),
         (["probe", "http://gw:80/", "--ws", "/ws"], ("http://gw:80/", "/ws", 5.0)),
         (["probe", "--timeout", "1.5", "http://[::1]:1"], ("http://[::1]:1", None, 1.5)),
+        (["probe", "--timeout", "500ms", "http://[::1]:1"], ("http://[::1]:1", None, 0.5)),
     ],
 )
 def test_probe_dispatch(probe_calls: Calls, argv: list[str], expected: tuple[object, ...]) -> None:
@@ -401,7 +402,7 @@ def test_probe_dispatch(probe_calls: Calls, argv: list[str], expected: tuple[obj
     assert probe_calls.args == [expected]
 
 
-@pytest.mark.parametrize("timeout", ["0", "-1", "soon", "inf", "nan"])
+@pytest.mark.parametrize("timeout", ["0", "-1", "soon", "inf", "nan", "0s", "5x"])
 def test_probe_bad_timeout(
     probe_calls: Calls, capsys: pytest.CaptureFixture[str], timeout: str
 ) -> None:
