@@ -45,14 +45,15 @@ ENV PATH="/opt/dsproxy/bin:${PATH}" \
 
 USER 10001:10001
 
-# 16980: the proxy (server.listen); 9100: the admin listener's default address.
-EXPOSE 16980 9100
+# 16980: the proxy (server.listen); 16981: the admin listener's default address.
+EXPOSE 16980 16981
 
-# The admin listener's default is 127.0.0.1:9100 (admin.listen). slim has no curl;
+# The admin listener's default is 127.0.0.1:16981 (admin.listen; the tests keep the two
+# in step). A config that moves it needs `docker run --health-cmd ...`. slim has no curl;
 # urlopen raises (exit 1) on a refused connection or a non-2xx status.
 # Kubernetes ignores HEALTHCHECK: the manifests in k8s/ declare their own probes.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=2)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:16981/healthz', timeout=2)"]
 
 # Exec form: dsproxy is PID 1 and receives SIGTERM itself (docker stop, kubelet), so it
 # can fail readiness, keep serving shutdown.delay seconds, then drain (docs/deploy.md).

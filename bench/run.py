@@ -6,8 +6,8 @@ suites, stops everything it started, and writes a markdown report to
 
 Contenders (each one worker, listening on ``[::]:P`` dual-stack, access log off):
 
-* A  nginx with the seed config from DESIGN.md (map ``'' close``: one upstream
-     connection per request)
+* A  nginx with the seed config (README, "The nginx config it replaces"; map
+     ``'' close``: one upstream connection per request)
 * B  nginx tuned: ``upstream { keepalive 64; }`` and ``'' ""`` (keep-alive upstream)
 * C  dsproxy ``--parser auto`` (httptools when installed)
 * D  dsproxy ``--parser h11``

@@ -1,18 +1,19 @@
-"""The ``dsproxy`` command line (DESIGN.md "Command line"; scripts and tests rely on it).
+"""The ``dsproxy`` command line (README "Command line"; scripts and tests rely on it).
 
 ::
 
     dsproxy run   [-c FILE] [--listen ADDR]... [--upstream URL] [--admin ADDR|off]
                   [--workers N|auto] [--parser auto|h11|httptools]
                   [--access-log combined|json|off] [--log-level LEVEL]
-    dsproxy check -c FILE
+    dsproxy check -c FILE [--resolve]
     dsproxy demo  [--listen ADDR]
     dsproxy probe URL [--ws PATH] [--timeout SECONDS]
 
 Flags default to None ("not given") so they override only what was typed; the
 values are checked by ``dsproxy.config`` with the file's rules and key names.
 This is the only module that turns errors into exit codes: 0 ok, 2 bad input
-(argparse's convention); ``run``, ``demo`` and ``probe`` return their own codes.
+(argparse's convention; ``check`` prints every problem, one a line, as
+``FILE: key: what is wrong``); ``run``, ``demo`` and ``probe`` return their own codes.
 The modules behind ``run``/``demo``/``probe`` are imported only when used, so
 ``check`` and ``--help`` stay fast and work without them.
 """
@@ -20,6 +21,7 @@ The modules behind ``run``/``demo``/``probe`` are imported only when used, so
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import sys
 from collections.abc import Sequence
@@ -30,32 +32,37 @@ from dsproxy.config import (
     ACCESS_LOG_FORMATS,
     LOG_LEVELS,
     PARSER_NAMES,
+    Config,
     apply_overrides,
-    check_file,
+    duration_seconds,
     load_config,
+    parse_listen_address,
+    problems_in_file,
     validate,
 )
 from dsproxy.errors import ConfigError
-from dsproxy.net.addr import HostPort, parse_hostport
+from dsproxy.net.addr import HostPort
 
 EXIT_USAGE = 2  # bad command line or bad configuration
 DEFAULT_PROBE_TIMEOUT_SECONDS = 5.0
+# `check --resolve`: how long one upstream name may take to resolve.
+RESOLVE_TIMEOUT_SECONDS = 10.0
 
 
 def _listen_address(text: str) -> HostPort:
     try:
-        return parse_hostport(text)
+        return parse_listen_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    """``5``, ``2.5`` or, as in the config file, ``"5s"``, ``"500ms"``."""
+    seconds = duration_seconds(text)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f'must be a number of seconds > 0 (or like "5s", "500ms"), got {text!r}'
+        )
     return seconds
 
 
@@ -91,10 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="validate a config file",
-        description='Validate a config file: exit 0 ("FILE: ok") or 2 ("FILE: key: problem").',
+        description='Validate a config file: exit 0 ("FILE: ok") or 2 with every problem, '
+        'one a line ("FILE: key: problem").',
     )
     check.add_argument(
         "-c", "--config", type=Path, metavar="FILE", required=True, help="TOML config file"
+    )
+    check.add_argument(
+        "--resolve",
+        action="store_true",
+        help="also resolve the upstream names (DNS), as the proxy will",
     )
     check.set_defaults(handler=_check)
 
@@ -127,9 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    path: Path | None = args.config
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        # Name the file: "dsproxy: missing.toml: cannot read it: No such file or directory".
+        print(f"dsproxy: {path}: {_file_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         config = apply_overrides(
-            load_config(args.config),
+            loaded,
             listen=args.listen,
             upstream=args.upstream,
             admin=args.admin,
@@ -147,15 +167,49 @@ def _run(args: argparse.Namespace) -> int:
     return run(config)
 
 
+def _file_message(exc: ConfigError) -> str:
+    """``key: problem``, without the ``(file)`` pseudo-key (the file is named already)."""
+    return exc.message if exc.key == "(file)" else str(exc)
+
+
 def _check(args: argparse.Namespace) -> int:
     path: Path = args.config
-    try:
-        check_file(path)
-    except ConfigError as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
+    config, problems = problems_in_file(path)
+    if config is not None and args.resolve:
+        problems = asyncio.run(_resolve_problems(config))
+    if problems:
+        for problem in problems:
+            print(f"{path}: {_file_message(problem)}", file=sys.stderr)
         return EXIT_USAGE
     print(f"{path}: ok")
     return 0
+
+
+async def _resolve_problems(config: Config) -> list[ConfigError]:
+    """Resolve every upstream name as the proxy will; one problem per name that fails."""
+    from dsproxy.net import resolver
+
+    async def lookup(host: str, port: int) -> list[tuple[int, str]]:
+        return await resolver.system_lookup(host, port)  # looked up late: tests swap it
+
+    names = resolver.Resolver(0, lookup=lookup)
+    problems: list[ConfigError] = []
+    for server in config.upstream.servers:
+        try:
+            addresses = await asyncio.wait_for(names.resolve(server), RESOLVE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            problems.append(
+                ConfigError(
+                    "upstream.url",
+                    f"{server.url}: resolving {server.host} took more than "
+                    f"{RESOLVE_TIMEOUT_SECONDS:g}s",
+                )
+            )
+        except OSError as exc:
+            problems.append(ConfigError("upstream.url", f"{server.url}: {exc}"))
+        else:
+            print(f"upstream {server.url} -> {', '.join(addresses)}")
+    return problems
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -8,13 +8,16 @@ Rules, in one place:
   ``ConfigError(key, message)``; the file loader and the flag overrides share them,
   so ``--listen x`` and ``listen = ["x"]`` fail with the same words.
 * Unknown sections and keys are errors (a typo must not silently run with a default).
-* Durations are seconds (int or float, never bool); sizes and counts are ints.
+* Durations are seconds (int or float, never bool) or text with units as nginx writes
+  them (``"5s"``, ``"100ms"``, ``"1m"``, ``"1h30m"``); sizes and counts are ints.
 * ``load_config`` checks each key on its own; ``validate`` checks what needs several
   keys or the machine (an upstream is given, listen addresses do not collide, the
-  chosen parser is installed). ``check_file`` = both: what ``dsproxy check`` and a
-  SIGHUP reload run.
+  chosen parser is installed). ``check_file`` = both: what a SIGHUP reload runs.
+  ``problems_in_file`` runs the same checks but collects every problem instead of
+  stopping at the first: what ``dsproxy check`` prints.
 
-No sockets here: nothing is resolved or bound while loading.
+No sockets here: nothing is resolved or bound while loading. Every key, its default
+and its meaning are documented in docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ class UpstreamConfig:
     keepalive_timeout: float = 60.0
     keepalive_requests: int = 10000
     resolve_interval: float = 30.0
+    # Opt-in readiness rule: every readiness_interval seconds each upstream address is
+    # connected to; /readyz fails while none answered within readiness_window. 0 = off.
+    readiness_interval: float = 0.0
+    readiness_window: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +96,8 @@ class WebSocketConfig:
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
-    listen: HostPort | None = HostPort("127.0.0.1", 9100)  # None = "off"
+    # Next to the proxy's 16980; not 9100, which node_exporter holds on most nodes.
+    listen: HostPort | None = HostPort("127.0.0.1", 16981)  # None = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,15 +166,41 @@ def _parse_bool(key: str, value: object) -> bool:
     return value
 
 
+# nginx's time units (ngx_parse_time), without the month and year ones nobody means.
+_DURATION_UNITS_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)")
+_DURATION = re.compile(
+    r"\s*(?:(?:[0-9]+(?:\.[0-9]+)?\s*(?:ms|s|m|h|d)\s*)+|[0-9]+(?:\.[0-9]+)?\s*)"
+)
+
+
+def duration_seconds(text: str) -> float | None:
+    """``"5s"``, ``"100ms"``, ``"1m"``, ``"1h30m"`` (or a bare ``"5"``) in seconds; else None."""
+    if not _DURATION.fullmatch(text):
+        return None
+    parts = _DURATION_PART.findall(text)
+    if not parts:
+        return float(text)
+    return sum(float(number) * _DURATION_UNITS_SECONDS[unit] for number, unit in parts)
+
+
 def _parse_duration(key: str, value: object) -> float:
-    """Seconds: an int or float >= 0 (bool is an int in Python, not here)."""
+    """Seconds >= 0: an int or float (bool is an int in Python, not here), or a string
+    with units as nginx writes them: "5s", "100ms", "1m", "1h30m"."""
+    seconds = duration_seconds(value) if isinstance(value, str) else None
+    if seconds is not None:
+        return seconds
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
         or value < 0
     ):
-        raise ConfigError(key, f"must be a number of seconds >= 0, got {_show(value)}")
+        raise ConfigError(
+            key,
+            f'must be a number of seconds >= 0 or a duration like "5s", "100ms", "1m", '
+            f"got {_show(value)}",
+        )
     return float(value)
 
 
@@ -216,12 +250,42 @@ def _parse_access_log(key: str, value: object) -> AccessLogFormat:
     return _choice(key, value, ACCESS_LOG_FORMATS)
 
 
+def bracket_hint(text: str) -> str | None:
+    """For an unbracketed IPv6 listen address (``::16980``), the form meant: ``[::]:16980``."""
+    text = text.strip()
+    if text.startswith("[") or text.count(":") < 2:
+        return None
+    host, _, port = text.rpartition(":")
+    if not port.isdigit():
+        return None
+    for candidate in (host, host + ":"):
+        try:
+            ipaddress.IPv6Address(candidate)
+        except ValueError:
+            continue
+        return f"[{candidate}]:{port}"
+    return None
+
+
+def parse_listen_address(text: str) -> HostPort:
+    """``parse_hostport`` with a usable suggestion for an unbracketed IPv6 address."""
+    try:
+        return parse_hostport(text)
+    except ValueError as exc:
+        hint = bracket_hint(text)
+        if hint is not None:
+            raise ValueError(
+                f"{text.strip()!r}: IPv6 addresses must be written in brackets, like {hint}"
+            ) from None
+        raise ValueError(str(exc)) from None
+
+
 def _parse_address(key: str, value: object) -> HostPort:
     """``[v6addr]:port`` or ``v4addr:port``: literal addresses only, port 0-65535."""
     if not isinstance(value, str):
         raise ConfigError(key, f"must be an address like [::]:16980, got {_show(value)}")
     try:
-        return parse_hostport(value)
+        return parse_listen_address(value)
     except ValueError as exc:
         raise ConfigError(key, str(exc)) from None
 
@@ -261,7 +325,7 @@ def _parse_admin_listen(key: str, value: object) -> HostPort | None:
         return None
     if not isinstance(value, str):
         raise ConfigError(
-            key, f'must be an address like 127.0.0.1:9100 or "off", got {_show(value)}'
+            key, f'must be an address like 127.0.0.1:16981 or "off", got {_show(value)}'
         )
     return _parse_address(key, value)
 
@@ -335,7 +399,7 @@ class _Key:
     parse: Callable[[str, object], Any]
 
 
-# TOML section -> (dataclass, {key: _Key}); the order is DESIGN.md's table.
+# TOML section -> (dataclass, {key: _Key}); the order is docs/configuration.md's.
 _SCHEMA: dict[str, tuple[type[Any], dict[str, _Key]]] = {
     "server": (
         ServerConfig,
@@ -365,6 +429,8 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Key]]] = {
             "keepalive_timeout": _Key("keepalive_timeout", _parse_duration),
             "keepalive_requests": _Key("keepalive_requests", _parse_positive),
             "resolve_interval": _Key("resolve_interval", _parse_duration),
+            "readiness_interval": _Key("readiness_interval", _parse_duration),
+            "readiness_window": _Key("readiness_window", _parse_timeout),
         },
     ),
     "websocket": (WebSocketConfig, {"idle_timeout": _Key("idle_timeout", _parse_duration)}),
@@ -396,35 +462,58 @@ def _unknown(section: str, name: str, known: list[str], what: str) -> ConfigErro
     return ConfigError(prefix + name, f"unknown {what}{hint}")
 
 
-def _build_section(section: str, table: object) -> Any:
+def _build_section(section: str, table: object, problems: list[ConfigError] | None) -> Any:
     cls, keys = _SCHEMA[section]
     if not isinstance(table, dict):
-        raise ConfigError(section, f"must be a table ([{section}]), got {_show(table)}")
+        _report(
+            problems, ConfigError(section, f"must be a table ([{section}]), got {_show(table)}")
+        )
+        return cls()
     values: dict[str, Any] = {}
     for name, value in table.items():
         dotted = f"{section}.{name}"
         spec = keys.get(name)
-        if spec is None:
-            raise _unknown(section, name, list(keys), "key")
-        values[spec.field] = spec.parse(dotted, value)
+        try:
+            if spec is None:
+                raise _unknown(section, name, list(keys), "key")
+            values[spec.field] = spec.parse(dotted, value)
+        except ConfigError as exc:
+            _report(problems, exc)
     return cls(**values)
 
 
-def config_from_mapping(document: Mapping[str, object], source: Path | None = None) -> Config:
-    """Build a ``Config`` from a parsed TOML document (keys checked one by one)."""
+def _report(problems: list[ConfigError] | None, error: ConfigError) -> None:
+    """Collect ``error`` when collecting (``dsproxy check``), else raise it."""
+    if problems is None:
+        raise error
+    problems.append(error)
+
+
+def config_from_mapping(
+    document: Mapping[str, object],
+    source: Path | None = None,
+    problems: list[ConfigError] | None = None,
+) -> Config:
+    """Build a ``Config`` from a parsed TOML document (keys checked one by one).
+
+    Raises the first ``ConfigError``; with a ``problems`` list, appends every one to it
+    instead and leaves the keys in error at their defaults.
+    """
     sections: dict[str, Any] = {}
     for section, table in document.items():
         if section not in _SCHEMA:
-            raise _unknown("", section, list(_SCHEMA), "section")
-        sections[section] = _build_section(section, table)
+            _report(problems, _unknown("", section, list(_SCHEMA), "section"))
+            continue
+        sections[section] = _build_section(section, table, problems)
     return Config(**sections, source=source)
 
 
-def load_config(path: Path | None) -> Config:
+def load_config(path: Path | None, problems: list[ConfigError] | None = None) -> Config:
     """Read ``path`` (TOML) into a ``Config``; ``None`` gives the defaults (no upstream).
 
-    Raises ``ConfigError`` naming the key, for the first thing that is wrong.
-    Cross-key rules are ``validate``'s.
+    Raises ``ConfigError`` naming the key, for the first thing that is wrong (or, with
+    ``problems``, collects every key's error there). An unreadable file or broken TOML
+    always raises. Cross-key rules are ``validate``'s.
     """
     if path is None:
         return Config()
@@ -438,7 +527,7 @@ def load_config(path: Path | None) -> Config:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("(toml)", str(exc)) from None
-    return config_from_mapping(document, source=path)
+    return config_from_mapping(document, source=path, problems=problems)
 
 
 def _overlaps(a: HostPort, b: HostPort, ipv6only: bool) -> bool:
@@ -454,31 +543,57 @@ def _overlaps(a: HostPort, b: HostPort, ipv6only: bool) -> bool:
     return not ipv6only and wildcard_v6 in (a.host, b.host)
 
 
-def validate(config: Config) -> None:
+def validate(config: Config, problems: list[ConfigError] | None = None) -> None:
     """Rules that need several keys (or the machine) before ``config`` can run.
 
-    Raises ``ConfigError`` naming the key to change.
+    Raises ``ConfigError`` naming the key to change (or, with ``problems``, collects
+    every one there).
     """
     if not config.upstream.servers:
-        raise ConfigError("upstream.url", "is required (give it in the file or with --upstream)")
+        _report(
+            problems,
+            ConfigError("upstream.url", "is required (give it in the file or with --upstream)"),
+        )
     listen = config.server.listen
     if not listen:
-        raise ConfigError("server.listen", "must list at least one address, like [::]:16980")
+        _report(
+            problems,
+            ConfigError("server.listen", "must list at least one address, like [::]:16980"),
+        )
     for index, address in enumerate(listen):
         for other in listen[:index]:
             if _overlaps(other, address, config.server.ipv6only):
-                raise ConfigError("server.listen", f"{address} overlaps {other} (same port)")
+                _report(
+                    problems,
+                    ConfigError("server.listen", f"{address} overlaps {other} (same port)"),
+                )
     admin = config.admin.listen
     if admin is not None:
         for address in listen:
             if _overlaps(address, admin, config.server.ipv6only):
-                raise ConfigError(
-                    "admin.listen", f"{admin} overlaps server.listen {address} (same port)"
+                _report(
+                    problems,
+                    ConfigError(
+                        "admin.listen", f"{admin} overlaps server.listen {address} (same port)"
+                    ),
                 )
+    upstream = config.upstream
+    if upstream.readiness_interval > 0 and upstream.readiness_window < upstream.readiness_interval:
+        _report(
+            problems,
+            ConfigError(
+                "upstream.readiness_window",
+                f"must be at least upstream.readiness_interval ({upstream.readiness_interval:g}s),"
+                f" got {upstream.readiness_window:g}s",
+            ),
+        )
     if config.server.parser == "httptools" and importlib.util.find_spec("httptools") is None:
-        raise ConfigError(
-            "server.parser",
-            'httptools is not installed (pip install "dsproxy[speedups]", or use auto)',
+        _report(
+            problems,
+            ConfigError(
+                "server.parser",
+                'httptools is not installed (pip install "dsproxy[speedups]", or use auto)',
+            ),
         )
 
 
@@ -556,7 +671,25 @@ def reload_config(current: Config) -> Config:
 
 
 def check_file(path: Path) -> Config:
-    """``load_config`` + ``validate``: what ``dsproxy check`` and a SIGHUP reload run."""
+    """``load_config`` + ``validate``: what a SIGHUP reload runs (first error raised)."""
     config = load_config(path)
     validate(config)
     return config
+
+
+def problems_in_file(path: Path) -> tuple[Config | None, list[ConfigError]]:
+    """Every problem in ``path``, for ``dsproxy check``: (the config, []) when it is good.
+
+    A key that is wrong is reported once: the cross-key rules skip keys already
+    reported (a bad ``upstream.url`` is not also "required").
+    """
+    problems: list[ConfigError] = []
+    try:
+        config = load_config(path, problems)
+    except ConfigError as exc:  # unreadable, or not TOML: nothing more to say
+        return None, [exc]
+    reported = {problem.key for problem in problems}
+    cross: list[ConfigError] = []
+    validate(config, cross)
+    problems.extend(problem for problem in cross if problem.key not in reported)
+    return (None if problems else config), problems

@@ -7,7 +7,9 @@ supervisor:
 
 - checks once that the listen addresses can be bound, then starts
   ``server.workers`` workers (``python -m dsproxy.app.supervisor --worker FILE``, the
-  Config pickled into FILE); a worker reports readiness through a pipe;
+  Config pickled into FILE); a worker reports its readiness through a pipe, one
+  line (``ready`` / ``unready``) each time it changes (no listener open, or the
+  upstream readiness rule failing, makes a worker unready);
 - serves the admin listener: /metrics summed over workers with client_python's
   multiprocess mode (PROMETHEUS_MULTIPROC_DIR, a fresh directory per run),
   /healthz, and /readyz = every wanted worker is ready and no stop signal came;
@@ -48,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsproxy.app.runner import run_main
-from dsproxy.app.serve import serve
+from dsproxy.app.serve import describe_start, listen_error, serve, stdin_is_terminal
 from dsproxy.config import AdminConfig, Config
 from dsproxy.errors import ConfigError
 from dsproxy.net.addr import HostPort
@@ -65,14 +67,17 @@ RESTART_LIMIT = 5
 RESTART_WINDOW_SECONDS = 30.0
 # Extra time a stopping worker gets beyond shutdown.delay + shutdown.grace before SIGKILL.
 STOP_MARGIN_SECONDS = 5.0
-# What a worker writes to its ready pipe once its listeners are bound.
+# What a worker writes to its readiness pipe: its first line says it has started
+# (listeners bound); every later line is a change of readiness.
 READY_MESSAGE = b"ready\n"
+UNREADY_MESSAGE = b"unready\n"
 
 
 @dataclass(eq=False)
 class Worker:
     process: asyncio.subprocess.Process
     generation: int  # the config generation it was started with
+    started: bool = False  # reported on its pipe: listeners bound, signals handled
     ready: bool = False
     retiring: bool = False  # told to stop: its exit is expected
 
@@ -93,6 +98,7 @@ class Supervisor:
         self.generation = 0
         self.config_file = self._write_config(config)
         self.stopping = False
+        self._stop_with = signal.SIGTERM  # what _retire sends a worker
         self.exit_code = 0
         self.all_exited = asyncio.Event()
         self.admin: AdminServer | None = None
@@ -124,6 +130,7 @@ class Supervisor:
     async def run(self) -> int:
         from dsproxy.net.listener import ListenError, bind_all
 
+        log.info("%s", describe_start(self.config))
         loop = asyncio.get_running_loop()
         try:
             # Fail fast and clearly instead of letting every worker crash on bind.
@@ -132,7 +139,7 @@ class Supervisor:
             ):
                 listener.sock.close()
         except ListenError as exc:
-            log.error("%s", exc)
+            log.error("%s", listen_error(exc))
             return 1
         if any(address.port == 0 for address in self.config.server.listen):
             log.warning("listen port 0 with several workers: each worker gets its own port")
@@ -140,10 +147,12 @@ class Supervisor:
             try:
                 self.admin = await self._start_admin(self.config.admin.listen)
             except OSError as exc:
-                log.error("cannot listen on admin address %s: %s", self.config.admin.listen, exc)
+                from dsproxy.observe.admin import admin_bind_error
+
+                log.error("%s", admin_bind_error(self.config.admin.listen, exc))
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.on_stop_signal)
+            loop.add_signal_handler(sig, self.on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self.on_reload_signal)
         try:
             log.info("starting %d workers", self.wanted)
@@ -206,22 +215,41 @@ class Supervisor:
         if self.stopping:  # a stop signal came while it was being started
             self._retire(worker)
 
+        pending = bytearray()
+
         def on_ready_pipe() -> None:
-            loop.remove_reader(read_fd)
             try:
-                message = os.read(read_fd, len(READY_MESSAGE))
+                data = os.read(read_fd, 4096)
             except OSError:
-                message = b""
-            os.close(read_fd)
-            if message == READY_MESSAGE:  # else EOF: it died before being ready
-                self._worker_ready(worker)
+                data = b""
+            if not data:  # EOF: the worker is gone
+                loop.remove_reader(read_fd)
+                os.close(read_fd)
+                worker.ready = False
+                return
+            pending.extend(data)
+            while b"\n" in pending:
+                line, _, rest = bytes(pending).partition(b"\n")
+                pending[:] = rest
+                self._worker_reported(worker, line + b"\n")
 
         loop.add_reader(read_fd, on_ready_pipe)
         self._start_task(self._watch(worker))
 
-    def _worker_ready(self, worker: Worker) -> None:
-        worker.ready = True
-        log.debug("worker %d ready", worker.pid)
+    def _worker_reported(self, worker: Worker, message: bytes) -> None:
+        if message not in (READY_MESSAGE, UNREADY_MESSAGE):
+            log.warning("worker %d wrote %r on its readiness pipe", worker.pid, message)
+            return
+        ready = message == READY_MESSAGE
+        if worker.started and ready != worker.ready:
+            log.info("worker %d %s", worker.pid, "ready" if ready else "not ready")
+        worker.ready = ready
+        if not worker.started:
+            worker.started = True
+            self._worker_started(worker)
+
+    def _worker_started(self, worker: Worker) -> None:
+        log.debug("worker %d started (ready: %s)", worker.pid, worker.ready)
         if worker.generation != self.generation and not worker.retiring:
             # The config was reloaded while it started: bring it up to date.
             self._signal(worker, signal.SIGHUP)
@@ -261,7 +289,7 @@ class Supervisor:
     def _retire(self, worker: Worker) -> None:
         """Tell ``worker`` to drain and stop; SIGKILL it if it outstays its time."""
         worker.retiring = True
-        self._signal(worker, signal.SIGTERM)
+        self._signal(worker, self._stop_with)
         shutdown = self.config.shutdown
         self._call_later(
             shutdown.delay + shutdown.grace + STOP_MARGIN_SECONDS,
@@ -278,13 +306,17 @@ class Supervisor:
             worker.process.send_signal(sig)
 
     # -- signals -----------------------------------------------------------------
-    def on_stop_signal(self) -> None:
+    def on_stop_signal(self, sig: int = signal.SIGTERM) -> None:
         if self.stopping:
             log.warning("second stop signal: telling the workers to stop now")
             for worker in list(self.workers):
                 self._signal(worker, signal.SIGTERM)
             return
         log.info("stop signal: readiness off, draining %d workers", len(self.workers))
+        if sig == signal.SIGINT and stdin_is_terminal():
+            # Ctrl-C by hand: the workers (same terminal on stdin) skip shutdown.delay
+            # when they get SIGINT, as a one-process proxy does.
+            self._stop_with = signal.SIGINT
         self.stop()
 
     def stop(self) -> None:
@@ -312,13 +344,23 @@ class Supervisor:
             log.error("reload refused, keeping the running config: %s: %s", source, exc)
             return
         old = self.config
+        if not self._can_listen(old, new):
+            return
         self.config = new
         self.config_file = self._write_config(new)
         if new.admin.listen != old.admin.listen:
-            await self._move_admin(new.admin.listen)
+            from dsproxy.observe.admin import replace_admin
+
+            self.admin = await replace_admin(
+                self.admin, old.admin.listen, new.admin.listen, self._start_admin
+            )
+        if new.log.level != old.log.level:
+            from dsproxy.observe.logsetup import configure_logging
+
+            configure_logging(new.log.level)
         # Workers still starting are brought up to date when they report ready.
         for worker in self.serving:
-            if worker.ready:
+            if worker.started:
                 self._signal(worker, signal.SIGHUP)
                 worker.generation = self.generation
         serving = sorted(self.serving, key=lambda w: w.pid)
@@ -326,18 +368,33 @@ class Supervisor:
             self._retire(worker)
         for _ in range(self.wanted - len(serving)):
             await self.spawn()
-        log.info("reloaded %s (%d workers)", source, self.wanted)
+        log.info(
+            "reloaded %s (%d workers; each reloads itself and logs what it could not apply)",
+            source,
+            self.wanted,
+        )
 
-    async def _move_admin(self, address: HostPort | None) -> None:
-        if self.admin is not None:
-            await self.admin.close()
-            self.admin = None
-        if address is None:
-            return
+    def _can_listen(self, old: Config, new: Config) -> bool:
+        """Can the workers bind ``new``'s added listen addresses? Else refuse the reload.
+
+        Each worker would keep its old listeners anyway, but a worker started later
+        (a replacement, or more workers) would bind the new config and die on it.
+        """
+        from dsproxy.net.listener import ListenError, bind_all
+
+        added = tuple(a for a in new.server.listen if a not in old.server.listen)
         try:
-            self.admin = await self._start_admin(address)
-        except OSError as exc:
-            log.error("cannot listen on admin address %s: %s", address, exc)
+            for listener in bind_all(added, ipv6only=new.server.ipv6only, reuse_port=True):
+                listener.sock.close()
+        except ListenError as exc:
+            kept = ", ".join(str(address) for address in old.server.listen)
+            log.error(
+                "reload refused: %s; kept the old listeners (%s) and the running config",
+                listen_error(exc),
+                kept,
+            )
+            return False
+        return True
 
     # -- helpers -------------------------------------------------------------------
     def _start_task(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -412,14 +469,22 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         return 2
     ready_fd: int = args.ready_fd
 
-    def ready(addresses: list[HostPort]) -> None:
+    def readiness(ready: bool) -> None:
+        # The supervisor's /readyz follows these lines; a dead pipe means it is gone.
         with contextlib.suppress(OSError):
-            os.write(ready_fd, READY_MESSAGE)
-        os.close(ready_fd)
+            os.write(ready_fd, READY_MESSAGE if ready else UNREADY_MESSAGE)
 
-    return run_main(
-        serve(replace(config, admin=AdminConfig(listen=None)), ready=ready, reuse_port=True)
-    )
+    try:
+        return run_main(
+            serve(
+                replace(config, admin=AdminConfig(listen=None)),
+                readiness=readiness,
+                reuse_port=True,
+                supervised=True,
+            )
+        )
+    finally:
+        os.close(ready_fd)
 
 
 if __name__ == "__main__":

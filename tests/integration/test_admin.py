@@ -233,3 +233,79 @@ def test_on_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+@pytest.mark.parametrize(
+    ("path", "ready", "status_line"),
+    [
+        ("/healthz", True, b"HTTP/1.1 200 OK\r\n"),
+        ("/readyz", False, b"HTTP/1.1 503 Service Unavailable\r\n"),
+        ("/nope", True, b"HTTP/1.1 404 Not Found\r\n"),
+    ],
+)
+def test_responses_carry_a_reason_phrase(path: str, ready: bool, status_line: bytes) -> None:
+    async def scenario(admin: AdminServer, client: httpx.AsyncClient, base: str) -> None:
+        request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        response = await raw_exchange("127.0.0.1", admin.port, request)
+        assert response.startswith(status_line)
+
+    run("127.0.0.1", scenario, is_ready=lambda: ready)
+
+
+def test_bind_error_names_the_flag_and_the_key() -> None:
+    async def main() -> None:
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = HostPort("127.0.0.1", holder.getsockname()[1])
+        try:
+            with pytest.raises(OSError, match="in use") as info:
+                await start_admin(address, registry=CollectorRegistry(), is_ready=lambda: True)
+        finally:
+            holder.close()
+        message = admin_module.admin_bind_error(address, info.value)
+        assert message.startswith(f"cannot listen on admin address {address}: ")
+        assert "--admin ADDR|off" in message
+        assert "admin.listen" in message
+
+    asyncio.run(main())
+
+
+def test_replace_admin_moves_and_keeps_the_old_one_on_failure() -> None:
+    async def main() -> None:
+        registry = CollectorRegistry()
+
+        async def start(address: HostPort) -> AdminServer:
+            return await start_admin(address, registry=registry, is_ready=lambda: True)
+
+        async def status(address: HostPort) -> int:
+            async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+                return (await client.get(f"http://{address}/healthz")).status_code
+
+        first = await start(HostPort("127.0.0.1", 0))
+        old = first.address
+        # Moving to a fresh port: the new one serves, the old one is closed.
+        moved = await admin_module.replace_admin(first, old, HostPort("127.0.0.1", 0), start)
+        assert moved is not None
+        assert moved.port != old.port
+        assert await status(moved.address) == 200
+        with pytest.raises(httpx.ConnectError):
+            await status(old)
+        # A port someone else holds: the running listener is kept (bound again).
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = HostPort("127.0.0.1", holder.getsockname()[1])
+        try:
+            kept = await admin_module.replace_admin(moved, moved.address, taken, start)
+        finally:
+            holder.close()
+        assert kept is not None
+        assert kept.address == moved.address
+        assert await status(kept.address) == 200
+        # off closes it.
+        assert await admin_module.replace_admin(kept, kept.address, None, start) is None
+        with pytest.raises(httpx.ConnectError):
+            await status(kept.address)
+
+    asyncio.run(asyncio.wait_for(main(), TEST_TIMEOUT_SECONDS))

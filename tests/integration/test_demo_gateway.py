@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ import pytest
 import uvloop
 from websockets.asyncio.client import connect
 
+from dsproxy.cli import build_parser
 from dsproxy.net.addr import HostPort
 from dsproxy.tools.demo import (
     DemoGateway,
@@ -458,8 +460,30 @@ def test_demo_instructions_for_a_dual_stack_listener() -> None:
     assert "curl -4 http://127.0.0.1:16980/hello" in text
     assert "curl -6 'http://[::1]:16980/hello'" in text
     assert "dsproxy probe http://localhost:16980 --ws /ws" in text
-    assert "python -m websockets 'ws://127.0.0.1:16980/ws'" in text
     assert "Ctrl-C" in text
+
+
+@pytest.mark.parametrize(
+    "bound",
+    [[HostPort("::", 16980)], [HostPort("127.0.0.1", 8080)], [HostPort("::1", 8080)]],
+    ids=["dual-stack", "ipv4", "ipv6"],
+)
+def test_demo_instructions_run_with_what_the_demo_installs(bound: list[HostPort]) -> None:
+    # `pip install '.[speedups]'` gives dsproxy and its dependencies, no websockets CLI
+    # (the old `python -m websockets` line failed): only curl and dsproxy commands, and
+    # every dsproxy command parses.
+    commands = [
+        shlex.split(line)
+        for line in demo_instructions(bound, 40000).splitlines()
+        if line.startswith("  ")
+    ]
+    assert commands
+    for argv in commands:
+        assert argv[0] in ("curl", "dsproxy"), argv
+        if argv[0] == "dsproxy":
+            args = build_parser().parse_args(argv[1:])
+            assert args.command == "probe"
+            assert args.ws == "/ws"
 
 
 def test_demo_instructions_for_single_family_listeners() -> None:

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -228,23 +229,29 @@ def config_text(
     grace: float = 10,
     keepalive: int | None = None,
     extra: str = "",
+    upstream_extra: str = "",
+    log_extra: str = "",
+    access: str = "json",
 ) -> str:
     listen = f"[::]:{port}" if HAS_IPV6 else f"127.0.0.1:{port}"
     urls = ", ".join(f'"http://127.0.0.1:{p}"' for p in upstream_ports)
-    upstream_extra = f"keepalive = {keepalive}\n" if keepalive is not None else ""
+    if keepalive is not None:
+        upstream_extra += f"\nkeepalive = {keepalive}\n"
     return (
         f'[server]\nlisten = ["{listen}"]\nworkers = {workers}\n{extra}\n'
         f"[upstream]\nurl = [{urls}]\n{upstream_extra}\n"
         f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n\n'
         f"[shutdown]\ndelay = {delay}\ngrace = {grace}\n\n"
-        f'[log]\naccess = "json"\n'
+        f'[log]\naccess = "{access}"\n{log_extra}\n'
     )
 
 
 class ProxyProcess:
     """``python -m dsproxy run -c FILE`` with its stdout and stderr collected by threads."""
 
-    def __init__(self, config_file: Path, port: int, admin_port: int) -> None:
+    def __init__(
+        self, config_file: Path, port: int, admin_port: int, stdin: int | None = None
+    ) -> None:
         self.config_file = config_file
         self.port = port
         self.admin_port = admin_port
@@ -252,6 +259,7 @@ class ProxyProcess:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dsproxy", "run", "-c", str(config_file)],
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
@@ -361,13 +369,14 @@ def process_alive(pid: int) -> bool:
 def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     started: list[ProxyProcess] = []
 
-    def start(**options: Any) -> ProxyProcess:
+    def start(*, stdin: int | None = None, wait_ready: bool = True, **options: Any) -> ProxyProcess:
         port, admin_port = free_port(), free_port()
         config_file = tmp_path / "dsproxy.toml"
         config_file.write_text(config_text(port=port, admin_port=admin_port, **options))
-        proxy = ProxyProcess(config_file, port, admin_port)
+        proxy = ProxyProcess(config_file, port, admin_port, stdin=stdin)
         started.append(proxy)
-        proxy.wait_ready()
+        if wait_ready:
+            proxy.wait_ready()
         return proxy
 
     try:
@@ -716,3 +725,290 @@ def test_upstream_name_that_changes_address() -> None:
             await b.close()
 
     asyncio.run(scenario())
+
+
+# -- reload: listen addresses, admin, log (issue 12) --------------------------------
+
+
+def refuses(url: str) -> bool:
+    try:
+        get(url, timeout=2)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def hold_port(port: int) -> socket.socket:
+    """Occupy ``port`` the way the proxy would bind it (dual-stack [::] when there is IPv6)."""
+    family, host = (socket.AF_INET6, "::") if HAS_IPV6 else (socket.AF_INET, "127.0.0.1")
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((host, port))
+    sock.listen()
+    return sock
+
+
+@WORKERS
+def test_sighup_with_a_new_listen_port_moves_the_listener(
+    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread, workers: int
+) -> None:
+    upstream = upstreams.start("A")
+    proxy = start_proxy(upstream_ports=[upstream.port], workers=workers)
+    old_url, new_port = proxy.url, free_port()
+    proxy.config_file.write_text(
+        config_text(
+            port=new_port,
+            admin_port=proxy.admin_port,
+            upstream_ports=[upstream.port],
+            workers=workers,
+        )
+    )
+    proxy.signal(signal.SIGHUP)
+    new_url = f"http://127.0.0.1:{new_port}"
+    wait_until(lambda: not refuses(new_url), "the new listen port to serve")
+    wait_until(lambda: refuses(old_url), "the old listen port to close")
+    for _ in range(5):
+        assert echo(new_url + "/moved")["path"] == "/moved"
+    assert proxy.admin_status("/readyz") == 200
+    assert "stopped listening on" in proxy.log()
+    assert "Traceback" not in proxy.log()
+    assert proxy.process.poll() is None
+
+
+@WORKERS
+def test_sighup_with_a_taken_port_keeps_the_old_listener(
+    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread, workers: int
+) -> None:
+    upstream = upstreams.start("A")
+    proxy = start_proxy(upstream_ports=[upstream.port], workers=workers)
+    taken = hold_port(free_port())
+    try:
+        proxy.config_file.write_text(
+            config_text(
+                port=taken.getsockname()[1],
+                admin_port=proxy.admin_port,
+                upstream_ports=[upstream.port],
+                workers=workers,
+            )
+        )
+        proxy.signal(signal.SIGHUP)
+        wait_until(lambda: "kept the old listeners" in proxy.log(), "the reload error")
+        for _ in range(5):
+            assert echo(proxy.url + "/still")["path"] == "/still"
+        assert proxy.admin_status("/readyz") == 200
+        line = next(line for line in proxy.log().splitlines() if "kept the old" in line)
+        assert f":{taken.getsockname()[1]}" in line  # names the address that failed
+        assert f":{proxy.port}" in line  # and the one it kept
+    finally:
+        taken.close()
+    assert proxy.process.poll() is None
+
+
+def test_sighup_moves_the_admin_listener_and_applies_log_level(
+    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread
+) -> None:
+    upstream = upstreams.start("A")
+    proxy = start_proxy(upstream_ports=[upstream.port])
+    old_admin, new_admin = proxy.admin_port, free_port()
+    proxy.config_file.write_text(
+        config_text(
+            port=proxy.port,
+            admin_port=new_admin,
+            upstream_ports=[upstream.port],
+            log_extra='level = "debug"',
+            access="combined",
+        )
+    )
+    proxy.signal(signal.SIGHUP)
+    proxy.admin_port = new_admin
+    wait_until(lambda: proxy.admin_status("/readyz") == 200, "the admin listener to move")
+    wait_until(lambda: refuses(f"http://127.0.0.1:{old_admin}/healthz"), "the old admin port")
+    # log.level applies at once: debug lines appear (an admin request that is refused).
+    with socket.create_connection(("127.0.0.1", new_admin), timeout=5) as sock:
+        sock.sendall(b"garbage\r\n\r\n")
+        sock.recv(1024)
+    wait_until(lambda: "level=debug" in proxy.log(), "a debug line after the reload")
+    # log.access cannot change without a restart: the log says so, naming the key.
+    assert "log.access changed but applies only after a restart" in proxy.log()
+    assert echo(proxy.url + "/after")["path"] == "/after"
+
+
+# -- start-up and stopping by hand (issue 12) --------------------------------------------
+
+
+def test_start_up_logs_version_upstream_and_codec(
+    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread
+) -> None:
+    from dsproxy import __version__
+    from dsproxy.app.serve import codec_name
+
+    upstream = upstreams.start("A")
+    proxy = start_proxy(upstream_ports=[upstream.port])
+    line = next(line for line in proxy.log().splitlines() if "starting" in line)
+    assert f"dsproxy {__version__} starting" in line
+    assert f"upstream http://127.0.0.1:{upstream.port}" in line
+    assert f"codec {codec_name('auto')}" in line
+
+
+@contextlib.contextmanager
+def terminal_stdin() -> Iterator[int]:
+    """A pseudo-terminal for the child's stdin, as when run by hand."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        yield secondary
+    finally:
+        os.close(secondary)
+        os.close(primary)
+
+
+@WORKERS
+def test_ctrl_c_in_a_terminal_skips_the_readiness_delay(
+    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread, workers: int
+) -> None:
+    upstream = upstreams.start("A")
+    with terminal_stdin() as tty:
+        proxy = start_proxy(upstream_ports=[upstream.port], delay=20, stdin=tty, workers=workers)
+        proxy.signal(signal.SIGINT)
+        sent = time.monotonic()
+        assert proxy.wait_exit(10) == 0
+    assert time.monotonic() - sent < 5  # not shutdown.delay (20 s)
+    assert "readiness off; serving" not in proxy.log()
+
+
+def test_sigint_without_a_terminal_keeps_the_readiness_delay(
+    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread
+) -> None:
+    upstream = upstreams.start("A")
+    proxy = start_proxy(upstream_ports=[upstream.port], delay=1.5)  # stdin: not a TTY
+    proxy.signal(signal.SIGINT)
+    sent = time.monotonic()
+    assert proxy.wait_exit(10) == 0
+    assert time.monotonic() - sent >= 1.5
+    assert "readiness off; serving 1.5s more" in proxy.log()
+
+
+def test_second_ctrl_c_stops_at_once_without_a_traceback(
+    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread
+) -> None:
+    upstream = upstreams.start("A")
+    with (
+        terminal_stdin() as tty,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        proxy = start_proxy(upstream_ports=[upstream.port], delay=5, grace=30, stdin=tty)
+        slow = pool.submit(get, proxy.url + "/slow?seconds=20", 25)
+        wait_until(lambda: upstream.requests == 1, "the slow request to reach the upstream")
+        proxy.signal(signal.SIGINT)  # drains: waits for the slow request up to grace
+        wait_until(lambda: "stop signal: draining" in proxy.log(), "the first stop")
+        time.sleep(0.3)
+        proxy.signal(signal.SIGINT)
+        sent = time.monotonic()
+        assert proxy.wait_exit(5) == 0
+        assert time.monotonic() - sent < 1.0
+        with pytest.raises(httpx.TransportError):
+            slow.result(5)
+    log = proxy.log()
+    assert "Traceback" not in log
+    assert "never retrieved" not in log
+
+
+# -- readiness on the upstream (issue 12) ---------------------------------------------
+
+
+@WORKERS
+def test_readiness_follows_the_upstream_when_asked(
+    start_proxy: Callable[..., ProxyProcess], upstreams: UpstreamThread, workers: int
+) -> None:
+    # With workers, each reports its readiness to the supervisor, which serves /readyz.
+    gateway_port = free_port()  # nothing listens there yet
+    proxy = start_proxy(
+        workers=workers,
+        upstream_ports=[gateway_port],
+        upstream_extra='readiness_interval = "100ms"\nreadiness_window = "500ms"',
+        wait_ready=False,
+    )
+    wait_until(lambda: proxy.admin_status("/healthz") == 200, "the admin listener")
+    time.sleep(0.5)
+    assert proxy.admin_status("/readyz") == 503  # no upstream address has answered
+    gateway = upstreams.start("G", port=gateway_port)
+    wait_until(lambda: proxy.admin_status("/readyz") == 200, "ready once the upstream answers")
+    upstreams.stop(gateway)
+    wait_until(lambda: proxy.admin_status("/readyz") == 503, "not ready once it stops answering")
+    assert "no upstream address answers" in proxy.log()
+
+
+def test_a_taken_listen_port_names_the_flag_and_the_key(tmp_path: Path) -> None:
+    holder = hold_port(free_port())
+    port = holder.getsockname()[1]
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        result = subprocess.run(
+            [sys.executable, "-m", "dsproxy", "run", "--listen", f"127.0.0.1:{port}"]
+            + ["--upstream", "http://127.0.0.1:1", "--admin", "off"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=START_TIMEOUT_SECONDS,
+            check=False,
+        )
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--listen ADDR or server.listen" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_readiness_needs_an_open_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/readyz is never 200 while the server has no listener open (issue 12, item 1)."""
+    from dsproxy.app.serve import Lifecycle, serve
+    from dsproxy.config import AdminConfig, ShutdownConfig
+
+    listening = {"now": True}
+    monkeypatch.setattr(ProxyServer, "listening", property(lambda self: listening["now"]))
+    admin_port = free_port()
+    config = Config(
+        server=ServerConfig(listen=(HostPort("127.0.0.1", 0),)),
+        upstream=UpstreamConfig(servers=(UpstreamServer("127.0.0.1", 1),)),
+        admin=AdminConfig(listen=HostPort("127.0.0.1", admin_port)),
+        shutdown=ShutdownConfig(delay=0, grace=1),
+    )
+    seen: list[bool] = []
+
+    async def main() -> None:
+        life = Lifecycle()
+        task = asyncio.create_task(
+            serve(config, install_signals=False, lifecycle=life, readiness=seen.append)
+        )
+        url = f"http://127.0.0.1:{admin_port}/readyz"
+        async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
+
+            async def status() -> int:
+                try:
+                    return (await client.get(url)).status_code
+                except httpx.TransportError:
+                    return 0
+
+            await wait_until_async(status, lambda code: code == 200, "ready")
+            listening["now"] = False
+            assert await status() == 503
+            listening["now"] = True
+            assert await status() == 200
+        life.on_stop_signal()
+        assert await asyncio.wait_for(task, WAIT_TIMEOUT_SECONDS) == 0
+
+    # serve() installs dsproxy's log handler on the root logger: take it off again.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        asyncio.run(asyncio.wait_for(main(), 2 * WAIT_TIMEOUT_SECONDS))
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+    assert seen[0] is True  # reported to a supervisor as it changes
+    assert seen[-1] is False  # and not ready once stopping

@@ -100,7 +100,7 @@ def test_check_the_example_file(capsys: pytest.CaptureFixture[str]) -> None:
         ("[server]\nworkers = 2\n", "upstream.url: is required"),
         (
             UPSTREAM_TOML + '[server]\nheader_timeout = "abc"\n',
-            "server.header_timeout: must be a number of seconds >= 0, got 'abc'",
+            "server.header_timeout: must be a number of seconds >= 0 or a duration like",
         ),
         (UPSTREAM_TOML + "[server]\nlisten = []\n", "server.listen: must list at least one"),
         ('[upstream]\nurl = "https://gw"\n', "upstream.url: 'https://gw': only http://"),
@@ -127,7 +127,7 @@ def test_check_reports_file_key_problem(
 def test_check_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "absent.toml"
     assert main(["check", "-c", str(path)]) == 2
-    assert capsys.readouterr().err == f"{path}: (file): cannot read it: No such file or directory\n"
+    assert capsys.readouterr().err == f"{path}: cannot read it: No such file or directory\n"
 
 
 @pytest.mark.parametrize(
@@ -141,13 +141,79 @@ def test_check_never_shows_a_traceback(
     path.write_bytes(content)
     assert main(["check", "-c", str(path)]) == 2
     out, err = capsys.readouterr()
-    assert err.startswith(f"{path}: (")
+    assert err.startswith(f"{path}: ")
+    assert err.count("\n") == 1
     assert "Traceback" not in err
 
 
 def test_check_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "-c", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith(f"{tmp_path}: (file): cannot read it")
+    assert capsys.readouterr().err.startswith(f"{tmp_path}: cannot read it")
+
+
+def test_check_reports_every_problem_one_a_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        '[server]\nlisten = ["::16980"]\nworkers = 0\n[upstream]\nurl = "ftp://gw"\n'
+        "[admin]\nlisten = 5\n[log]\nlevel = 'loud'\n",
+    )
+    assert main(["check", "-c", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "server.listen",
+        "server.workers",
+        "upstream.url",
+        "admin.listen",
+        "log.level",
+    ]
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert "like [::]:16980" in lines[0]
+
+
+def test_check_resolve_names_the_upstream_that_does_not_resolve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from dsproxy.net import resolver
+
+    looked_up: list[str] = []
+
+    async def lookup(host: str, port: int) -> list[tuple[int, str]]:
+        looked_up.append(host)
+        if host == "gateway.ok":
+            return [(socket.AF_INET, "10.0.0.7")]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(resolver, "system_lookup", lookup)
+    path = write(tmp_path, '[upstream]\nurl = ["http://gateway.ok:1", "http://gateway.bad:2"]\n')
+    # Without --resolve nothing is looked up.
+    assert main(["check", "-c", str(path)]) == 0
+    assert looked_up == []
+    capsys.readouterr()
+    assert main(["check", "-c", str(path), "--resolve"]) == 2
+    out, err = capsys.readouterr()
+    assert looked_up == ["gateway.ok", "gateway.bad"]
+    assert "http://gateway.ok:1 -> 10.0.0.7" in out
+    assert err.splitlines() == [
+        f"{path}: upstream.url: http://gateway.bad:2: cannot resolve gateway.bad: "
+        "[Errno -2] Name or service not known"
+    ]
+
+
+def test_check_resolve_with_addresses_and_localhost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # localhost comes from /etc/hosts: nothing leaves the machine.
+    path = write(tmp_path, '[upstream]\nurl = ["http://127.0.0.1:1", "http://localhost:2"]\n')
+    assert main(["check", "-c", str(path), "--resolve"]) == 0
+    out = capsys.readouterr().out
+    assert "http://127.0.0.1:1 -> 127.0.0.1" in out
+    assert out.endswith(f"{path}: ok\n")
 
 
 def test_check_requires_a_file(capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,6 +222,39 @@ def test_check_requires_a_file(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # -- run -----------------------------------------------------------------------------------
+
+
+def test_run_names_a_missing_file(
+    tmp_path: Path, run_calls: Calls, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "missing.toml"
+    assert main(["run", "-c", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"dsproxy: {path}: cannot read it: No such file or directory\n"
+    )
+    assert run_calls.args == []
+
+
+@pytest.mark.parametrize(
+    ("command", "suggestion"),
+    [
+        (["run", "--upstream", "http://127.0.0.1:1", "--listen", "::16980"], "[::]:16980"),
+        (["run", "--upstream", "http://127.0.0.1:1", "--admin", "::1:16981"], "[::1]:16981"),
+        (["demo", "--listen", "::16980"], "[::]:16980"),
+    ],
+)
+def test_unbracketed_ipv6_gets_the_bracketed_form(
+    run_calls: Calls,
+    demo_calls: Calls,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    suggestion: str,
+) -> None:
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert f"must be written in brackets, like {suggestion}" in err
+    assert "[:]" not in err
+    assert run_calls.args == demo_calls.args == []
 
 
 def test_run_with_flags_only(run_calls: Calls) -> None:
@@ -247,9 +346,10 @@ def test_run_file_errors_exit_2(
 ) -> None:
     path = write(tmp_path, "[server]\nworkers = 0\n")
     assert main(["run", "-c", str(path), "--upstream", "http://gw:1"]) == 2
-    assert capsys.readouterr().err.startswith("dsproxy: server.workers: ")
+    # A key in the file: the file and the key are named, as `dsproxy check` names them.
+    assert capsys.readouterr().err.startswith(f"dsproxy: {path}: server.workers: ")
     assert main(["run", "-c", str(tmp_path / "absent.toml")]) == 2
-    assert capsys.readouterr().err.startswith("dsproxy: (file): cannot read it")
+    assert capsys.readouterr().err.startswith(f"dsproxy: {tmp_path / 'absent.toml'}: cannot read")
     assert run_calls.args == []
 
 
@@ -293,6 +393,7 @@ def test_demo_bad_listen(
         (["probe", "http://gw:80/"], ("http://gw:80/", None, 5.0)),
         (["probe", "http://gw:80/", "--ws", "/ws"], ("http://gw:80/", "/ws", 5.0)),
         (["probe", "--timeout", "1.5", "http://[::1]:1"], ("http://[::1]:1", None, 1.5)),
+        (["probe", "--timeout", "500ms", "http://[::1]:1"], ("http://[::1]:1", None, 0.5)),
     ],
 )
 def test_probe_dispatch(probe_calls: Calls, argv: list[str], expected: tuple[object, ...]) -> None:
@@ -301,7 +402,7 @@ def test_probe_dispatch(probe_calls: Calls, argv: list[str], expected: tuple[obj
     assert probe_calls.args == [expected]
 
 
-@pytest.mark.parametrize("timeout", ["0", "-1", "soon", "inf", "nan"])
+@pytest.mark.parametrize("timeout", ["0", "-1", "soon", "inf", "nan", "0s", "5x"])
 def test_probe_bad_timeout(
     probe_calls: Calls, capsys: pytest.CaptureFixture[str], timeout: str
 ) -> None:

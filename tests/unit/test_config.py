@@ -75,7 +75,8 @@ def test_defaults_match_the_design_table() -> None:
     config = load_config(None)
     assert config.server.listen == (HostPort("::", 16980),)
     assert config.server.workers == 1
-    assert config.admin.listen == HostPort("127.0.0.1", 9100)
+    # Next to the proxy's port; 9100 is node_exporter's on most Kubernetes nodes.
+    assert config.admin.listen == HostPort("127.0.0.1", 16981)
     assert config.log == LogConfig(level="info", access="combined")
 
 
@@ -99,6 +100,7 @@ DURATIONS = [
     ("server", "keepalive_timeout"),
     ("upstream", "keepalive_timeout"),
     ("upstream", "resolve_interval"),
+    ("upstream", "readiness_interval"),
     ("websocket", "idle_timeout"),
     ("shutdown", "delay"),
     ("shutdown", "grace"),
@@ -110,7 +112,9 @@ TIMEOUTS = [
     ("upstream", "connect_timeout"),
     ("upstream", "read_timeout"),
     ("upstream", "send_timeout"),
+    ("upstream", "readiness_window"),
 ]
+DURATION_FORMS = '"5s", "100ms", "1m"'
 COUNTS = [("server", "max_body_bytes", 0), ("upstream", "keepalive", 0)]
 POSITIVE_COUNTS = [
     ("server", "max_connections", 1),
@@ -187,9 +191,12 @@ VALID: list[tuple[str, str, str, str, object]] = [
     ("log", "level", '"DEBUG"', "level", "debug"),
     *[("log", "access", f'"{fmt}"', "access", fmt) for fmt in config_module.ACCESS_LOG_FORMATS],
     *[(s, k, value, k, expected) for s, k in DURATIONS for value, expected in [
-        ("0", 0.0), ("7", 7.0), ("1.5", 1.5), ("1e3", 1000.0)]],
+        ("0", 0.0), ("7", 7.0), ("1.5", 1.5), ("1e3", 1000.0), ('"5s"', 5.0),
+        ('"100ms"', 0.1), ('"1m"', 60.0), ('"1h30m"', 5400.0), ('"1m 30s"', 90.0),
+        ('"2.5s"', 2.5), ('"1d"', 86400.0), ('"7"', 7.0)]],
     *[(s, k, value, k, expected) for s, k in TIMEOUTS for value, expected in [
-        ("0.001", 0.001), ("7", 7.0), ("2.5", 2.5)]],
+        ("0.001", 0.001), ("7", 7.0), ("2.5", 2.5), ('"5s"', 5.0), ('"100ms"', 0.1),
+        ('"1m"', 60.0)]],
     *[(s, k, str(low), k, low) for s, k, low in COUNTS + POSITIVE_COUNTS],
     *[(s, k, "123456", k, 123456) for s, k, _ in COUNTS + POSITIVE_COUNTS],
 ]  # fmt: skip
@@ -285,16 +292,24 @@ INVALID: list[tuple[str, str, str, str]] = [
     ("upstream", "host_header", '"client"', "must be one of preserve, upstream, got 'client'"),
     ("admin", "listen", '"on"', "'on' is not of the form"),
     ("admin", "listen", '"localhost:9100"', "'localhost' is not an IPv4 address"),
-    ("admin", "listen", "false", 'must be an address like 127.0.0.1:9100 or "off", got false'),
-    ("admin", "listen", "9100", 'must be an address like 127.0.0.1:9100 or "off", got 9100'),
+    ("admin", "listen", "false", 'must be an address like 127.0.0.1:16981 or "off", got false'),
+    ("admin", "listen", "9100", 'must be an address like 127.0.0.1:16981 or "off", got 9100'),
+    ("admin", "listen", '"::16981"', "must be written in brackets, like [::]:16981"),
+    ("server", "listen", '"::16980"', "must be written in brackets, like [::]:16980"),
+    ("server", "listen", '"::1:8080"', "must be written in brackets, like [::1]:8080"),
     ("log", "level", '"verbose"', "must be one of debug, info, warning, error, critical"),
     ("log", "level", "10", "must be one of debug, info, warning, error, critical, got 10"),
     ("log", "access", '"common"', "must be one of combined, json, off, got 'common'"),
     ("log", "access", "false", "must be one of combined, json, off, got false"),
-    *[(s, k, value, f"must be a number of seconds >= 0, got {shown}")
+    *[(s, k, value, f"must be a number of seconds >= 0 or a duration like {DURATION_FORMS}, "
+                    f"got {shown}")
       for s, k in DURATIONS + TIMEOUTS
       for value, shown in [('"abc"', "'abc'"), ("-1", "-1"), ("-0.5", "-0.5"), ("true", "true"),
-                           ("inf", "inf"), ("nan", "nan"), ('"10s"', "'10s'"), ("[1]", "[1]")]],
+                           ("inf", "inf"), ("nan", "nan"), ('"10x"', "'10x'"), ("[1]", "[1]"),
+                           ('"-1s"', "'-1s'"), ('"s"', "'s'"), ('"5 sec"', "'5 sec'"),
+                           ('""', "''")]],
+    *[(s, k, '"0s"', "must be more than 0 seconds (0 would time out at once), got 0")
+      for s, k in TIMEOUTS],
     *[(s, k, "0", "must be more than 0 seconds (0 would time out at once), got 0")
       for s, k in TIMEOUTS],
     *[(s, k, "-1", "must be an integer >= 0, got -1") for s, k, _ in COUNTS],
@@ -321,7 +336,10 @@ def test_invalid_value(
 
 def test_the_documented_message_shape(tmp_path: Path) -> None:
     error = load_error(tmp_path, one_key("server", "header_timeout", '"abc"'))
-    assert str(error) == "server.header_timeout: must be a number of seconds >= 0, got 'abc'"
+    assert str(error) == (
+        "server.header_timeout: must be a number of seconds >= 0 or a duration like "
+        f"{DURATION_FORMS}, got 'abc'"
+    )
 
 
 def test_every_known_key_is_covered_by_the_tables() -> None:
@@ -652,3 +670,63 @@ def test_reload_keeps_command_line_flags(tmp_path: Path) -> None:
     assert reloaded.server.listen[0].port == 8081  # the file's change is taken
     assert reloaded.log.level == "debug"  # the flag still wins
     assert reloaded.upstream.servers[0].port == 9000  # the flag-only upstream survives
+
+
+# -- every problem at once (dsproxy check) --------------------------------------------------
+
+
+def test_problems_in_file_reports_every_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[server]\nlisten = ["::16980"]\nworkers = 0\nheader_timeout = "5x"\n'
+        '[upstream]\nurl = "ftp://gw"\nread_timeout = "1m"\n'
+        "[admin]\nlisten = 5\n[bogus]\n",
+    )
+    config, problems = config_module.problems_in_file(path)
+    assert config is None
+    assert [p.key for p in problems] == [
+        "server.listen",
+        "server.workers",
+        "server.header_timeout",
+        "upstream.url",
+        "admin.listen",
+        "bogus",
+    ]
+    # A key already reported is not reported again by the cross-key rules
+    # (the bad upstream.url is not also "required").
+    assert not any("is required" in p.message for p in problems)
+
+
+def test_problems_in_file_includes_cross_key_rules(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nbogus = 1\n[admin]\nlisten = "[::]:16980"\n')
+    _, problems = config_module.problems_in_file(path)
+    assert [(p.key, p.message.split(" ")[0]) for p in problems] == [
+        ("server.bogus", "unknown"),
+        ("upstream.url", "is"),
+        ("admin.listen", "[::]:16980"),
+    ]
+
+
+def test_problems_in_a_good_file(tmp_path: Path) -> None:
+    config, problems = config_module.problems_in_file(write(tmp_path, UPSTREAM_TOML))
+    assert problems == []
+    assert config is not None
+
+
+def test_load_config_still_raises_the_first_problem(tmp_path: Path) -> None:
+    error = load_error(tmp_path, "[server]\nworkers = 0\nheader_timeout = 'x'\n")
+    assert error.key == "server.workers"
+
+
+def test_readiness_window_must_cover_the_interval(tmp_path: Path) -> None:
+    path = write(tmp_path, UPSTREAM_TOML + 'readiness_interval = "10s"\nreadiness_window = "5s"\n')
+    with pytest.raises(ConfigError) as info:
+        check_file(path)
+    assert info.value.key == "upstream.readiness_window"
+    assert "at least upstream.readiness_interval (10s)" in info.value.message
+    ok = write(tmp_path, UPSTREAM_TOML + 'readiness_interval = "2s"\nreadiness_window = "6s"\n')
+    assert check_file(ok).upstream.readiness_window == 6.0
+
+
+def test_readiness_rule_is_off_by_default() -> None:
+    assert UpstreamConfig().readiness_interval == 0
