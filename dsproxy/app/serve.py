@@ -297,18 +297,9 @@ async def _drain(server: ProxyServer, grace: float, force: asyncio.Event) -> Non
     try:
         await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
         if not drain.done():
-            _abort_connections(server)
+            server.abort()  # the drain's wait then ends at once
         await drain
     finally:
         forced.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await forced
-
-
-def _abort_connections(server: ProxyServer) -> None:
-    # ProxyServer has no public "abort now" (asked for in issue 12's report); this is
-    # the last step of its shutdown, done early.
-    for shared in (server.shared, *server._retired):
-        for conn in list(shared.connections):
-            conn.abort()
-        shared.pool.abort_busy()

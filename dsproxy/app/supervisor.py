@@ -6,7 +6,7 @@ SO_REUSEPORT, so the kernel spreads new connections over the workers. The
 supervisor:
 
 - checks once that the listen addresses can be bound, then starts
-  ``server.workers`` workers (``python -m dsproxy.app.supervisor --worker FILE``, the
+  ``server.workers`` workers (``python -m dsproxy.app.worker --worker FILE``, the
   Config pickled into FILE); a worker reports its readiness through a pipe, one
   line (``ready`` / ``unready``) each time it changes (no listener open, or the
   upstream readiness rule failing, makes a worker unready);
@@ -32,7 +32,6 @@ SIGKILL, so no orphan keeps the port.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -44,14 +43,14 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsproxy.app.runner import run_main
 from dsproxy.app.serve import describe_start, listen_error, serve, stdin_is_terminal
-from dsproxy.config import AdminConfig, Config
+from dsproxy.config import Config
 from dsproxy.errors import ConfigError
 from dsproxy.net.addr import HostPort
 
@@ -70,7 +69,7 @@ STOP_MARGIN_SECONDS = 5.0
 # What a worker writes to its readiness pipe: its first line says it has started
 # (listeners bound); every later line is a change of readiness.
 READY_MESSAGE = b"ready\n"
-UNREADY_MESSAGE = b"unready\n"
+UNREADY_MESSAGE = b"unready\n"  # readiness lost (draining, no listener, no upstream)
 
 
 @dataclass(eq=False)
@@ -193,7 +192,7 @@ class Supervisor:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "dsproxy.app.supervisor",
+                "dsproxy.app.worker",
                 "--worker",
                 str(self.config_file),
                 "--ready-fd",
@@ -434,61 +433,6 @@ def supervise(config: Config) -> int:
 
 async def _supervise(config: Config, state_dir: Path) -> int:
     return await Supervisor(config, state_dir).run()
-
-
-# -- the worker process ------------------------------------------------------------
-
-
-def _exit_with_supervisor(supervisor_pid: int) -> None:
-    """Linux: have the kernel send us SIGTERM when the supervisor dies."""
-    if sys.platform == "linux":
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    if os.getppid() != supervisor_pid:  # it died before prctl took effect
-        sys.exit(0)
-
-
-def worker_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of one worker: ``python -m dsproxy.app.supervisor --worker FILE ...``."""
-    # Until serve() installs its handlers, a SIGHUP must not kill us (the
-    # supervisor re-sends it once we report ready).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    parser = argparse.ArgumentParser(prog="dsproxy-worker")
-    parser.add_argument("--worker", type=Path, required=True, help="pickled Config")
-    parser.add_argument("--ready-fd", type=int, required=True)
-    parser.add_argument("--supervisor-pid", type=int, required=True)
-    args = parser.parse_args(argv)
-    _exit_with_supervisor(args.supervisor_pid)
-
-    config = pickle.loads(args.worker.read_bytes())
-    if not isinstance(config, Config):
-        print(f"dsproxy worker: {args.worker} holds no Config", file=sys.stderr)
-        return 2
-    ready_fd: int = args.ready_fd
-
-    def readiness(ready: bool) -> None:
-        # The supervisor's /readyz follows these lines; a dead pipe means it is gone.
-        with contextlib.suppress(OSError):
-            os.write(ready_fd, READY_MESSAGE if ready else UNREADY_MESSAGE)
-
-    try:
-        return run_main(
-            serve(
-                replace(config, admin=AdminConfig(listen=None)),
-                readiness=readiness,
-                reuse_port=True,
-                supervised=True,
-            )
-        )
-    finally:
-        os.close(ready_fd)
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())
 
 
 def run(config: Config) -> int:

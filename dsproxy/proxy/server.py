@@ -152,6 +152,13 @@ class ProxyServer:
         for _, server in self._listeners.values():
             server.close()
 
+    def abort(self) -> None:
+        """Close every connection now, tunnels and borrowed upstream connections too."""
+        for shared in (self.shared, *self._retired):
+            for conn in list(shared.connections):
+                conn.abort()
+            shared.pools.abort_busy()
+
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let in-flight work finish for ``grace`` seconds, then abort."""
         self.stop_accepting()
@@ -161,21 +168,23 @@ class ProxyServer:
             shared.pools.close()
             for conn in list(shared.connections):
                 conn.close_if_idle()
-        waits = []
+        waits: list[asyncio.Task[bool]] = []
+        loop = asyncio.get_running_loop()
         for shared in everything:
             shared.all_closed = asyncio.Event()
             if not shared.connections:
                 shared.all_closed.set()
-            waits.append(shared.all_closed.wait())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*waits), timeout=grace)
+            waits.append(loop.create_task(shared.all_closed.wait()))
+        try:
+            # asyncio.wait, not wait_for(gather): cancelling this leaves no orphan future.
+            await asyncio.wait(waits, timeout=grace)
+        finally:
+            for wait in waits:
+                wait.cancel()
         left = sum(len(s.connections) for s in everything)
         if left:
             log.warning("shutdown grace of %.0fs ran out: closing %d connections", grace, left)
-        for shared in everything:
-            for conn in list(shared.connections):
-                conn.abort()
-            shared.pools.abort_busy()
+        self.abort()
         for _, server in self._listeners.values():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), timeout=1.0)

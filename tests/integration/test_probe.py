@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from dsproxy.tools import probe
-from dsproxy.tools.demo import DemoGateway, start_demo_gateway
+from dsproxy.tools.demo_gateway import DemoGateway, start_demo_gateway
 from tests.support import needs_ipv6
 
 TEST_TIMEOUT_SECONDS = 10.0
