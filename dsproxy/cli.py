@@ -41,6 +41,7 @@ from dsproxy.config import (
     validate,
 )
 from dsproxy.errors import ConfigError
+from dsproxy.http.codec import httptools_available
 from dsproxy.net.addr import HostPort
 
 EXIT_USAGE = 2  # bad command line or bad configuration
@@ -72,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dsproxy",
         description="Dual-stack (IPv4 + IPv6) HTTP/1.1 and WebSocket reverse proxy.",
     )
-    parser.add_argument("--version", action="version", version=f"dsproxy {__version__}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the version, build and codec, and exit"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
@@ -226,6 +229,30 @@ def _probe(args: argparse.Namespace) -> int:
     ws_path: str | None = args.ws
     timeout: float = args.timeout
     return probe_main(url, ws_path, timeout)
+
+
+def build_kind() -> str:
+    """``compiled`` when the hot path runs as mypyc-compiled modules, else ``pure``."""
+    import dsproxy.proxy.connection as hot
+
+    return "compiled" if hot.__file__.endswith((".so", ".pyd")) else "pure"
+
+
+class _VersionAction(argparse.Action):
+    """``--version`` on three lines (argparse's own action would fold them into one)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """``dsproxy --version``: the version, the build, and the codec ``auto`` picks."""
+    codec = "httptools" if httptools_available() else "h11"
+    return f"dsproxy {__version__}\nbuild: {build_kind()}\ncodec: {codec} (parser = auto)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

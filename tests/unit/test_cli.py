@@ -5,6 +5,8 @@ dispatch to ``run``/``demo``/``probe`` (their modules are replaced by fakes in
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import dsproxy
-from dsproxy.cli import main
+from dsproxy.cli import build_kind, main
 from dsproxy.config import Config, UpstreamServer
 from dsproxy.net.addr import HostPort
 
@@ -421,7 +423,22 @@ def test_probe_needs_a_url(probe_calls: Calls, capsys: pytest.CaptureFixture[str
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out == f"dsproxy {dsproxy.__version__}\n"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"dsproxy {dsproxy.__version__}"
+    import dsproxy.proxy.connection as hot
+
+    compiled = hot.__file__ is not None and hot.__file__.endswith(".so")
+    assert lines[1] == f"build: {'compiled' if compiled else 'pure'}"
+    codec = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    assert lines[2] == f"codec: {codec} (parser = auto)"
+
+
+def test_the_build_is_the_one_ci_asked_for() -> None:
+    """``.ci/run`` sets DSPROXY_EXPECT_BUILD for each build it tests: prove it is that one."""
+    expected = os.environ.get("DSPROXY_EXPECT_BUILD")
+    if expected is None:
+        pytest.skip("DSPROXY_EXPECT_BUILD is not set (CI sets it)")
+    assert build_kind() == expected
 
 
 @pytest.mark.parametrize(
