@@ -26,7 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Appended, not prepended: an installed dsproxy (the compiled build in its venv) wins.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from dsproxy.http.codec import get_codec, httptools_available  # noqa: E402
 from dsproxy.http.codec.base import (  # noqa: E402

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Appended, not prepended: an installed dsproxy (the compiled build in its venv) wins.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from bench.codec_cost import REQUESTS, RESPONSES  # noqa: E402
 from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer  # noqa: E402
@@ -148,9 +149,11 @@ def main() -> None:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
+    from dsproxy.cli import build_kind
+
     print(
         f"{args.n:,} keep-alive cycles, best of {args.repeat}, CPU time;"
-        f" metrics on, access log {args.access_log}\n"
+        f" metrics on, access log {args.access_log}; build: {build_kind()}\n"
     )
     print("| codec | request | µs/req, whole Python path | ceiling req/s/core |")
     print("|---|---|---|---|")

@@ -53,6 +53,7 @@ LABELS = {
     "B": "B nginx tuned (keepalive 64)",
     "C": "C dsproxy --parser auto",
     "D": "D dsproxy --parser h11",
+    "G": "G dsproxy compiled (mypyc), --parser auto",
     "E": "E bare Python proxy, httptools (floor)",
     "F": "F bare Python proxy, h11 (floor)",
     "direct": "direct to upstream (ceiling)",
@@ -210,12 +211,13 @@ class Bench:
         self.notes: list[str] = []
 
     # ---- process management
-    def spawn(self, name: str, cmd: Sequence[str], *, env: dict[str, str] | None = None) -> Proc:
+    def spawn(self, name: str, cmd: Sequence[str], *, env: dict[str, str] | None = None,
+              cwd: Path = REPO) -> Proc:
         logfile = self.tmp / f"{name}.log"
         fh = logfile.open("wb")
         popen = subprocess.Popen(
             list(cmd), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=REPO, env=env,
+            cwd=cwd, env=env,
         )
         fh.close()
         proc = Proc(name, popen, logfile)
@@ -335,6 +337,13 @@ http {{
             proc = self.spawn(name, cmd)
             self.wait_ready(proc, port)
             return proc, port
+        if key == "G":
+            # The compiled build lives in its own venv: run it from outside the checkout,
+            # so `-m dsproxy` imports the installed (compiled) package, not the source.
+            cmd = dsproxy_cmd(port, upstream_port, "auto", 1, python=self.args.compiled_python)
+            proc = self.spawn(name, cmd, env=dict(os.environ), cwd=self.tmp)
+            self.wait_ready(proc, port)
+            return proc, port
         parser, workers = {"C": ("auto", 1), "D": ("h11", 1), "W1": ("auto", 1),
                            "W2": ("auto", 2)}[key]
         cmd = dsproxy_cmd(port, upstream_port, parser, workers)
@@ -345,11 +354,26 @@ http {{
         return proc, port
 
 
-def dsproxy_cmd(port: int, upstream_port: int, parser: str, workers: int) -> list[str]:
-    return [sys.executable, "-m", "dsproxy", "run", "--listen", f"[::]:{port}",
+def dsproxy_cmd(port: int, upstream_port: int, parser: str, workers: int,
+                python: str = sys.executable) -> list[str]:
+    return [python, "-m", "dsproxy", "run", "--listen", f"[::]:{port}",
             "--upstream", f"http://127.0.0.1:{upstream_port}", "--admin", "off",
             "--access-log", "off", "--parser", parser, "--workers", str(workers),
             "--log-level", "warning"]
+
+
+def compiled_runnable(python: str) -> tuple[bool, str]:
+    """Whether ``python`` runs a compiled dsproxy (``dsproxy --version`` says so)."""
+    if not python:
+        return False, "no compiled build given (--compiled-python, or bench/run.sh builds one)"
+    try:
+        r = subprocess.run([python, "-m", "dsproxy", "--version"], cwd="/", capture_output=True,
+                           timeout=30, text=True)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"{python} -m dsproxy --version: {exc}"
+    if "build: compiled" not in r.stdout:
+        return False, f"{python} does not run a compiled dsproxy: {r.stdout or r.stderr!r}"
+    return True, ""
 
 
 def dsproxy_runnable() -> tuple[bool, str]:
@@ -920,7 +944,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="dsproxy vs nginx benchmarks (loopback only)")
     p.add_argument("--suites", default=",".join(ALL_SUITES),
                    help=f"comma list of {','.join(ALL_SUITES)}")
-    p.add_argument("--contenders", default="A,B,C,D,E,F",
+    p.add_argument("--compiled-python", default=os.environ.get("DSPROXY_COMPILED_PYTHON", ""),
+                   help="python of a venv with the compiled build (contender G); "
+                        "bench/run.sh builds one in bench/.venv-compiled")
+    p.add_argument("--contenders", default="A,B,C,D,E,F,G",
                    help="comma list of A,B,C,D,E,F (E, F: small GET suite only)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
@@ -944,8 +971,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if bad:
         p.error(f"unknown suites: {sorted(bad)}")
     args.contender_list = [c for c in args.contenders.split(",") if c]
-    if set(args.contender_list) - {"A", "B", "C", "D", "E", "F"}:
-        p.error("contenders are A,B,C,D")
+    if set(args.contender_list) - {"A", "B", "C", "D", "E", "F", "G"}:
+        p.error("contenders are A,B,C,D,E,F,G")
     return args
 
 
@@ -981,6 +1008,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(notes[-1])
             contenders = [c for c in contenders if c not in "CD"]
             args.suite_list = [s for s in args.suite_list if s != "workers"]
+
+    if "G" in contenders:
+        ok, why = compiled_runnable(args.compiled_python)
+        if not ok:
+            notes.append(f"contender G skipped: {why}")
+            log(notes[-1])
+            contenders.remove("G")
 
     b = Bench(args)
     rep = Report()
