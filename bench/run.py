@@ -44,6 +44,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from bench.chart import Panel  # noqa: E402
+from bench.chart import write as write_chart  # noqa: E402
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -627,6 +631,10 @@ def stream_transfer(port: int, direction: str, nbytes: int,
 @dataclass
 class Report:
     sections: list[str] = field(default_factory=list)
+    panels: list[Panel] = field(default_factory=list)  # drawn into the report's SVG chart
+
+    def panel(self, title: str, unit: str, rows: Sequence[tuple[str, float]]) -> None:
+        self.panels.append(Panel(title, unit, list(rows)))
 
     def table(self, title: str, header: Sequence[str], rows: Sequence[Sequence[str]],
               notes: Sequence[str] = ()) -> None:
@@ -734,6 +742,9 @@ def suite_http(b: Bench, rep: Report, cont: dict[str, tuple[Proc, int]]) -> None
             fmt(statistics.median(x.cpu_us_per_req for x in res[k]), 1),
             fmt(v6[k].rps), errs,
         ])
+    rep.panel("small GET, req/s (higher is better)", "req/s", [(LABELS[k], med[k]) for k in keys])
+    rep.panel("small GET, p99 latency (lower is better)", "ms",
+              [(LABELS[k], statistics.median(x.p99_ms for x in res[k])) for k in keys])
     rep.table(
         f"Small GET through the proxy (wrk -t1 -c{a.conns} -d{a.duration:g}s, "
         f"median of {a.rounds} interleaved rounds)",
@@ -825,6 +836,8 @@ def suite_stream(b: Bench, rep: Report, down: dict[str, tuple[Proc, int]], down_
                  up: dict[str, tuple[Proc, int]], up_up: int) -> None:
     a = b.args
     rows = []
+    down_rates: list[tuple[str, float]] = []
+    up_rates: list[tuple[str, float]] = []
     timeout = max(120.0, a.stream_mb / 10)
     # warm up: the first read of the sparse file fills the page cache (slow, not measured)
     stream_transfer(down_up, "download", a.stream_mb * 1024 * 1024, timeout)
@@ -855,10 +868,14 @@ def suite_stream(b: Bench, rep: Report, down: dict[str, tuple[Proc, int]], down_
         ok = dcode == ucode == ccode == "200"
         status = "ok" if ok else f"down {dcode}; up {ucode}; chunked {ccode}"
         proxied = k != "direct"
+        down_rates.append((LABELS[k], dmbs))
+        up_rates.append((LABELS[k], umbs))
         rows.append([LABELS[k], fmt(dmbs), fmt(dhwm / 1024, 1) if proxied else "-",
                      fmt(umbs), fmt(uhwm / 1024, 1) if proxied else "-",
                      fmt(cmbs), fmt(chwm / 1024, 1) if proxied else "-", status])
     mb = a.stream_mb
+    rep.panel(f"streamed download of {mb} MiB, MB/s (higher is better)", "MB/s", down_rates)
+    rep.panel(f"streamed upload of {mb} MiB, MB/s (higher is better)", "MB/s", up_rates)
     rep.table(
         f"Streaming {mb} MiB through the proxy ({a.stream_rounds} run(s) each)",
         ["contender", "download MB/s", "peak RSS MiB (down)", "upload MB/s",
@@ -881,6 +898,7 @@ def suite_stream(b: Bench, rep: Report, down: dict[str, tuple[Proc, int]], down_
 def suite_idle(b: Bench, rep: Report, cont: dict[str, tuple[Proc, int]]) -> None:
     a = b.args
     rows = []
+    per_session: list[tuple[str, float]] = []
     for k, (proc, port) in cont.items():
         time.sleep(0.5)
         before = proc.rss_kib()
@@ -914,6 +932,8 @@ def suite_idle(b: Bench, rep: Report, cont: dict[str, tuple[Proc, int]]) -> None
             f"RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB, {per:.1f} KiB/session")
         rows.append([LABELS[k], str(opened), str(failed), alive, fmt(before / 1024, 1),
                      fmt(after / 1024, 1), fmt(per, 1)])
+        per_session.append((LABELS[k], per))
+    rep.panel("memory per idle WebSocket session, KiB (lower is better)", "KiB", per_session)
     rep.table(
         f"Idle WebSocket sessions ({a.idle_sessions} opened through each proxy)",
         ["contender", "open", "failed", "alive at end", "RSS before MiB", "RSS after MiB",
@@ -1081,8 +1101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{started:%Y%m%d-%H%M%S}.md"
     path.write_text(text)
+    svg = path.with_suffix(".svg")
+    write_chart(svg, rep.panels, f"dsproxy vs nginx, {started:%Y-%m-%d %H:%M} ({machine[0]})")
     print(text)
-    log(f"written {path}")
+    log(f"written {path} and {svg}")
     return 1 if failures else 0
 
 
