@@ -63,6 +63,10 @@ LABELS = {
     "direct": "direct to upstream (ceiling)",
     "W1": "dsproxy auto --workers 1",
     "W2": "dsproxy auto --workers 2",
+    "GW1": "dsproxy compiled --workers 1",
+    "GW2": "dsproxy compiled --workers 2",
+    "NW1": "nginx tuned, worker_processes 1",
+    "NW2": "nginx tuned, worker_processes 2",
 }
 
 
@@ -252,14 +256,14 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     # ---- nginx
-    def nginx_conf(self, name: str, body: str) -> Path:
+    def nginx_conf(self, name: str, body: str, workers: int = 1) -> Path:
         d = self.tmp / name
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"):
             (d / sub).mkdir(parents=True, exist_ok=True)
             (d / sub).chmod(0o777)  # writable by the nginx worker user
         conf = d / "nginx.conf"
         conf.write_text(
-            f"""worker_processes 1;
+            f"""worker_processes {workers};
 worker_rlimit_nofile 65536;
 error_log {d}/logs/error.log warn;
 events {{ worker_connections 30000; }}
@@ -276,8 +280,8 @@ http {{
         )
         return conf
 
-    def start_nginx(self, name: str, body: str, port: int) -> Proc:
-        conf = self.nginx_conf(name, body)
+    def start_nginx(self, name: str, body: str, port: int, workers: int = 1) -> Proc:
+        conf = self.nginx_conf(name, body, workers)
         d = conf.parent
         cmd = ["nginx", "-p", str(d), "-c", str(conf), "-e", str(d / "logs/error.log"),
                "-g", f"daemon off; pid {d}/nginx.pid;"]
@@ -320,7 +324,7 @@ http {{
     }}
   }}"""
             return self.start_nginx(name, body, port), port
-        if key == "B":
+        if key in ("B", "NW1", "NW2"):
             body = f"""  client_max_body_size 0;
   upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ""; }}
@@ -333,7 +337,8 @@ http {{
       proxy_set_header Connection $connection_upgrade;
     }}
   }}"""
-            return self.start_nginx(name, body, port), port
+            workers = 2 if key == "NW2" else 1
+            return self.start_nginx(name, body, port, workers), port
         if key in ("E", "F"):
             cmd = [sys.executable, str(BENCH_DIR / "bareproxy.py"), "--port", str(port),
                    "--upstream-port", str(upstream_port),
@@ -341,10 +346,12 @@ http {{
             proc = self.spawn(name, cmd)
             self.wait_ready(proc, port)
             return proc, port
-        if key == "G":
+        if key in ("G", "GW1", "GW2"):
             # The compiled build lives in its own venv: run it from outside the checkout,
             # so `-m dsproxy` imports the installed (compiled) package, not the source.
-            cmd = dsproxy_cmd(port, upstream_port, "auto", 1, python=self.args.compiled_python)
+            workers = 2 if key == "GW2" else 1
+            cmd = dsproxy_cmd(port, upstream_port, "auto", workers,
+                              python=self.args.compiled_python)
             proc = self.spawn(name, cmd, env=dict(os.environ), cwd=self.tmp)
             self.wait_ready(proc, port)
             return proc, port
@@ -760,11 +767,15 @@ def suite_http(b: Bench, rep: Report, cont: dict[str, tuple[Proc, int]]) -> None
 
 
 def suite_workers(b: Bench, rep: Report, upstream_port: int) -> None:
+    """1 and 2 workers of each: nginx tuned, dsproxy, and the compiled build when present."""
     a = b.args
+    keys = ["NW1", "NW2", "W1", "W2"]
+    if a.compiled_python and compiled_runnable(a.compiled_python)[0]:
+        keys += ["GW1", "GW2"]
     cont = {}
-    for k in ("W1", "W2"):
-        cont[k] = b.start_contender(k, upstream_port, "workers")
     try:
+        for k in keys:
+            cont[k] = b.start_contender(k, upstream_port, "workers")
         for k in cont:
             run_wrk(f"http://127.0.0.1:{cont[k][1]}/", 1, a.conns, 1, None)
         res: dict[str, list[WrkResult]] = {k: [] for k in cont}
@@ -773,18 +784,21 @@ def suite_workers(b: Bench, rep: Report, upstream_port: int) -> None:
             w = run_wrk(f"http://127.0.0.1:{port}/", a.duration, a.conns, a.wrk_threads, proc)
             res[k].append(w)
             log(f"workers round {r + 1} {k}: {w.rps:.0f} req/s {w.errors}")
-        base = statistics.median(x.rps for x in res["W1"])
+        med = {k: statistics.median(x.rps for x in res[k]) for k in cont}
         rows = []
         for k in cont:
-            m = statistics.median(x.rps for x in res[k])
-            rows.append([LABELS[k], fmt(m), ratio(m, base),
+            same_nginx = med["NW2" if k.endswith("2") else "NW1"]
+            one_worker = med[k[:-1] + "1"]
+            rows.append([LABELS[k], fmt(med[k]), ratio(med[k], one_worker),
+                         ratio(med[k], same_nginx),
                          fmt(statistics.median(x.p50_ms for x in res[k]), 2),
                          fmt(statistics.median(x.p99_ms for x in res[k]), 2),
                          "; ".join(sorted({x.errors for x in res[k] if x.errors})) or "0"])
         rep.table(
-            f"dsproxy workers scaling (wrk -t{a.wrk_threads} -c{a.conns} -d{a.duration:g}s, "
+            f"Workers: 1 and 2 of each (wrk -t{a.wrk_threads} -c{a.conns} -d{a.duration:g}s, "
             f"median of {a.rounds})",
-            ["contender", "req/s", "vs 1 worker", "p50 ms", "p99 ms", "errors"], rows,
+            ["contender", "req/s", "vs its 1 worker", "vs nginx, same workers", "p50 ms",
+             "p99 ms", "errors"], rows,
             [f"the machine has {os.cpu_count()} CPUs shared by wrk, the upstream nginx and "
              "the proxy workers, so 2 workers cannot double"],
         )
