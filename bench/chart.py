@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-WIDTH = 760
+WIDTH = 820
 LABEL_WIDTH = 290
 BAR_HEIGHT = 18
 GAP = 6
@@ -52,7 +52,7 @@ def render(panels: Sequence[Panel], title: str) -> str:
         )
         y += PANEL_PAD
         top = max(v for _, v in panel.rows) or 1.0
-        span = WIDTH - LABEL_WIDTH - 90
+        span = WIDTH - LABEL_WIDTH - 110
         for label, value in panel.rows:
             w = max(1.0, span * value / top)
             out.append(f'<text x="10" y="{y + 13}">{escape(label)}</text>')
