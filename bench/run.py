@@ -1116,7 +1116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = out / f"{started:%Y%m%d-%H%M%S}.md"
     path.write_text(text)
     svg = path.with_suffix(".svg")
-    write_chart(svg, rep.panels, f"dsproxy vs nginx, {started:%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs")
+    title = f"dsproxy vs nginx, {started:%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs"
+    write_chart(svg, rep.panels, title)
     print(text)
     log(f"written {path} and {svg}")
     return 1 if failures else 0
