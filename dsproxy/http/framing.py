@@ -21,6 +21,9 @@ above and return the head the proxy works with (or raise the error to answer).
 
 from __future__ import annotations
 
+import re
+from http import HTTPStatus
+
 from dsproxy.errors import ClientError, UpstreamError
 from dsproxy.http.codec.base import Headers, RequestHead, ResponseHead
 
@@ -32,6 +35,10 @@ _COMMON_TOKENS: dict[bytes, tuple[bytes, ...]] = {
 }  # fmt: skip
 
 CHUNKED_ONLY = "Only Transfer-Encoding: chunked is supported"
+# RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ). A control byte in it
+# (llhttp lets NUL through; h11 refuses it) must never reach the client's status line.
+_BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+_COMMON_REASONS = frozenset(s.phrase.encode("ascii") for s in HTTPStatus) | {b""}
 
 
 def tokens(value: bytes) -> tuple[bytes, ...]:
@@ -137,6 +144,8 @@ def response_head(
         raise UpstreamError(
             "response has both Content-Length and Transfer-Encoding", kind="protocol"
         )
+    if reason not in _COMMON_REASONS and _BAD_REASON(reason) is not None:
+        raise UpstreamError("invalid response: a control byte in the reason phrase")
     if status == 101 and not upgrade_requested:
         raise UpstreamError("101 Switching Protocols the client did not ask for", kind="protocol")
     # No framing: the body runs to EOF (rule 8) and the connection cannot be reused.

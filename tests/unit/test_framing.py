@@ -135,3 +135,15 @@ def test_unrequested_101_is_refused() -> None:
 def test_tokens() -> None:
     assert tokens(b"keep-alive") == (b"keep-alive",)
     assert tokens(b" Close ,, X-Foo") == (b"close", b"x-foo")
+
+
+@pytest.mark.parametrize("reason", [b"O\x00K", b"OK\r", b"A\nB", b"\x7f", b"\x1b[31mred"])
+def test_control_bytes_in_the_reason_phrase_are_refused(reason: bytes) -> None:
+    with pytest.raises(UpstreamError, match="reason phrase"):
+        response_head(200, reason, b"1.1", [], method=b"GET", upgrade_requested=False)
+
+
+@pytest.mark.parametrize("reason", [b"OK", b"", b"Fine\tthanks", b"Tr\xe8s bien", b"Custom!"])
+def test_reason_phrases_within_the_grammar_pass(reason: bytes) -> None:
+    head = response_head(200, reason, b"1.1", [], method=b"GET", upgrade_requested=False)
+    assert head.reason == reason

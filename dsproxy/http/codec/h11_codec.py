@@ -34,10 +34,14 @@ class H11ServerCodec(ServerCodec):
         self._max_header_bytes = max_header_bytes
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
         self._switched = False
+        self._ended = False  # a request ended: nothing more is parsed until start_next_cycle
 
     def feed(self, data: bytes) -> None:
         self._conn.receive_data(data)
-        self._pump()
+        if not self._ended:
+            self._pump()
+        # else: a request ended and its response is due; h11 keeps the bytes (and would
+        # refuse them outright behind a request that closes the connection).
 
     def _pump(self) -> None:
         conn = self._conn
@@ -52,6 +56,9 @@ class H11ServerCodec(ServerCodec):
                     handler.on_request_head(self._head(event))  # type: ignore[arg-type]
                 elif kind is h11.EndOfMessage:
                     trailers = list(event.headers.raw_items())  # type: ignore[union-attr]
+                    if trailers:
+                        self._check_size(0, trailers, "request trailers too large")
+                    self._ended = True
                     handler.on_request_end(trailers)
                     return
                 else:  # NEED_DATA, PAUSED, ConnectionClosed
@@ -64,14 +71,16 @@ class H11ServerCodec(ServerCodec):
             # h11 takes any 1.x or 2.0 version line, the HTTP/2 preface included.
             raise ClientError(f"unsupported HTTP version {event.http_version!r}", status=400)
         raw = list(event.headers.raw_items())
-        # h11 bounds only a head that arrives in pieces; one that arrives whole
-        # must respect max_header_bytes too (line + fields, ": " and CRLFs).
-        size = len(event.method) + len(event.target) + 12
-        for name, value in raw:
+        self._check_size(len(event.method) + len(event.target) + 12, raw, "request head too large")
+        return request_head(event.method, event.target, event.http_version, raw)
+
+    def _check_size(self, size: int, fields: Headers, what: str) -> None:
+        """h11 bounds only a head (or trailer section) that arrives in pieces; one that
+        arrives whole must respect max_header_bytes too (line + fields, ": " and CRLFs)."""
+        for name, value in fields:
             size += len(name) + len(value) + 4
         if size > self._max_header_bytes:
-            raise ClientError("request head too large", status=431, kind="header_too_large")
-        return request_head(event.method, event.target, event.http_version, raw)
+            raise ClientError(what, status=431, kind="header_too_large")
 
     def feed_eof(self) -> bool:
         conn = self._conn
@@ -86,6 +95,7 @@ class H11ServerCodec(ServerCodec):
         return conn.their_state is h11.IDLE and bool(conn.trailing_data[0])
 
     def start_next_cycle(self) -> None:
+        self._ended = False
         self._conn.start_next_cycle()
         self._pump()
 
