@@ -27,6 +27,7 @@ HOT_MODULES = [
     "dsproxy/proxy/exchange.py",
     "dsproxy/proxy/flow.py",
     "dsproxy/proxy/host.py",
+    "dsproxy/proxy/limits.py",
     "dsproxy/proxy/pool.py",
     "dsproxy/proxy/recording.py",
     "dsproxy/proxy/router.py",

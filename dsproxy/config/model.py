@@ -42,6 +42,10 @@ class ServerConfig:
     max_header_bytes: int = 16384
     max_body_bytes: int = 0  # 0 = unlimited
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_connections_per_ip: int = 0  # 0 = off; per client (IPv6: per ipv6_client_prefix)
+    rate_limit: float = 0.0  # requests per second per client, 0 = off; over it -> 429
+    rate_limit_burst: int = 0  # bucket size; 0 = one second's worth
+    ipv6_client_prefix: int = 64  # IPv6 clients are counted per /N
 
 
 @dataclass(frozen=True, slots=True)

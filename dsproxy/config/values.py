@@ -114,6 +114,24 @@ _parse_count = _int_at_least(0)
 _parse_positive = _int_at_least(1)
 
 
+def _parse_rate(key: str, value: object) -> float:
+    """Requests per second >= 0 (0 = off); fractions allowed ("one every 2 s" = 0.5)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigError(key, f"must be a number of requests per second >= 0, got {_show(value)}")
+    return float(value)
+
+
+def _parse_ipv6_prefix(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
+        raise ConfigError(key, f"must be an IPv6 prefix length from 1 to 128, got {_show(value)}")
+    return value
+
+
 def _parse_workers(key: str, value: object) -> int:
     if value == "auto":
         return os.cpu_count() or 1

@@ -24,6 +24,8 @@ CLIENT_ERROR_KINDS = (
     "header_too_large",
     "body_too_large",
     "over_capacity",
+    "too_many_connections",
+    "rate_limited",
 )
 # Bounded label values for upstream_error(kind) (docs/configuration.md, metrics).
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "protocol")

@@ -38,6 +38,7 @@ from dsproxy.net.addr import Family, family_of, normalise_ip
 from dsproxy.observe.records import Observer
 from dsproxy.proxy.exchange import Exchange
 from dsproxy.proxy.flow import DeadlineTimer, ReadGate
+from dsproxy.proxy.limits import ClientLimits
 from dsproxy.proxy.recording import tunnel_record
 from dsproxy.proxy.shared import Shared
 from dsproxy.proxy.tunnel import Tunnel
@@ -80,6 +81,8 @@ class ClientConnection(asyncio.Protocol):
         self.family: Family = "ipv4"
         self.ctx = ClientContext("", b"0", False)
         self.exchange: Exchange | None = None
+        self.client_key = ""  # counted in the per-client limits under this key ("": not)
+        self._limits: ClientLimits | None = None
         self.tunnel: Tunnel | None = None
         self.counted = False
         self.close_after = False  # close once the response in flight is complete
@@ -113,6 +116,17 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = normalise_ip(str(peer[0]))
         self.client_port = int(peer[1]) if len(peer) > 1 else 0
         self.family = family_of(self.client_ip)
+        limits = shared.limits
+        if limits.active:
+            key = limits.key(self.client_ip)
+            if not limits.connection_opened(key):
+                # Over server.max_connections_per_ip: close at once, as over capacity.
+                self.observer.client_error("too_many_connections")
+                self.state = CLOSED
+                transport.abort()
+                return
+            self.client_key = key
+            self._limits = limits
         sock = transport.get_extra_info("sockname") or ("", 0)
         self.ctx = ClientContext(
             client_ip=self.client_ip,
@@ -186,6 +200,11 @@ class ClientConnection(asyncio.Protocol):
         self._first_request = False
         shared = self.shared
         exchange = self.exchange = Exchange(self, shared.router.route(head.target), head, now)
+        limits = self._limits
+        if limits is not None and limits.rate and not limits.allow_request(self.client_key, now):
+            exchange.refuse(ClientError("request rate over server.rate_limit", status=429,
+                                        kind="rate_limited"))  # fmt: skip
+            return
         exchange.start(self.max_body_bytes)
 
     def on_request_body(self, data: bytes) -> None:
@@ -339,6 +358,9 @@ class ClientConnection(asyncio.Protocol):
     def _closed(self) -> None:
         self.state = CLOSED
         self._timer.cancel()
+        if self.client_key:
+            self.shared.limits.connection_closed(self.client_key)
+            self.client_key = ""
         if self.counted:
             self.counted = False
             self.shared.connection_closed(self)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from dsproxy.config import Config
 from dsproxy.http.codec import get_codec
@@ -19,6 +20,7 @@ from dsproxy.net.listener import Listener, bind_all
 from dsproxy.net.resolver import Resolver
 from dsproxy.observe.records import Observer
 from dsproxy.proxy.connection import ClientConnection
+from dsproxy.proxy.limits import ClientLimits
 from dsproxy.proxy.pool import DEFAULT_GROUP, PoolRegistry, UpstreamPool
 from dsproxy.proxy.router import build_router
 from dsproxy.proxy.shared import Shared
@@ -41,6 +43,7 @@ class ProxyServer:
         self._reuse_port = reuse_port
         self.observer = observer
         self.resolver = resolver or Resolver(config.upstream.resolve_interval)
+        self.limits = ClientLimits(**limit_settings(config))
         self.shared = self._make_shared(config)
         self._retired: list[Shared] = []  # configurations replaced by a reload, still draining
         self._listeners: dict[HostPort, tuple[Listener, asyncio.Server]] = {}
@@ -55,6 +58,7 @@ class ProxyServer:
             pools=pools,
             router=build_router(config, pools),
             observer=self.observer,
+            limits=self.limits,
         )
 
     def _factory(self) -> ClientConnection:
@@ -113,6 +117,7 @@ class ProxyServer:
         old = self.shared
         self.config = config
         self.resolver.interval = config.upstream.resolve_interval
+        self.limits.configure(**limit_settings(config))
         self.shared = self._make_shared(config)
         old.draining = True
         old.pools.close()
@@ -189,3 +194,13 @@ class ProxyServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), timeout=1.0)
         self._listeners.clear()
+
+
+def limit_settings(config: Config) -> dict[str, Any]:
+    server = config.server
+    return {
+        "max_connections": server.max_connections_per_ip,
+        "rate": server.rate_limit,
+        "burst": server.rate_limit_burst,
+        "ipv6_prefix": server.ipv6_client_prefix,
+    }

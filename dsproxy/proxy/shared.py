@@ -13,6 +13,7 @@ from typing import Protocol
 from dsproxy.config import Config
 from dsproxy.http.codec.base import CodecFactory
 from dsproxy.observe.records import Observer
+from dsproxy.proxy.limits import ClientLimits
 from dsproxy.proxy.pool import PoolRegistry
 from dsproxy.proxy.router import Router
 
@@ -31,6 +32,8 @@ class Shared:
     pools: PoolRegistry
     router: Router
     observer: Observer
+    # The worker's, shared by every generation (counts survive reloads); off by default.
+    limits: ClientLimits = field(default_factory=ClientLimits.off)
     connections: set[ServedConnection] = field(default_factory=set)
     draining: bool = False
     # Set by shutdown; fired when the last connection closes.
