@@ -199,7 +199,9 @@ class ClientConnection(asyncio.Protocol):
         self._head_started = 0.0
         self._first_request = False
         shared = self.shared
-        exchange = self.exchange = Exchange(self, shared.router.route(head.target), head, now)
+        router = shared.router
+        route = router.only or router.route(head.target)
+        exchange = self.exchange = Exchange(self, route, head, now)
         limits = self._limits
         if limits is not None and limits.rate and not limits.allow_request(self.client_key, now):
             exchange.refuse(ClientError("request rate over server.rate_limit", status=429,
@@ -287,7 +289,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     def exchange_done(self, exchange: Exchange) -> None:
-        """The response is complete: the next cycle, or close."""
+        """The response is complete: write what is left of it, then the next cycle or close."""
+        self.flush()
         self.exchange = None
         close = self.close_after or self.shared.draining or not exchange.request_done
         transport = self.transport

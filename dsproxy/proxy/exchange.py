@@ -28,9 +28,9 @@ from dsproxy.http.rules import (
     UpstreamRequest,
     build_upstream_request,
 )
+from dsproxy.observe.records import RequestRecord
 from dsproxy.proxy.flow import HeldBody
 from dsproxy.proxy.host import ExchangeHost
-from dsproxy.proxy.recording import request_record
 from dsproxy.proxy.router import Route
 from dsproxy.proxy.upstream import UpstreamConnection
 
@@ -253,12 +253,8 @@ class Exchange:
             pool.detach(up)
             up.close()
         self.state = DONE
-        host.flush()
         self.record(None)
-        host.exchange_done(self)
-
-    def upstream_data_seen(self) -> None:
-        self.upstream_activity = self.host.clock()
+        host.exchange_done(self)  # writes the response's last bytes first
 
     def upstream_pause_writing(self) -> None:
         self.upstream_write_paused_at = self.host.clock()
@@ -355,7 +351,25 @@ class Exchange:
     # ================================================================ records
     def record(self, error: str | None) -> None:
         """Report this request, once, to the observer (metrics, access log)."""
-        self.host.observer.request_done(request_record(self, self.host.clock(), error))
+        host = self.host
+        now = host.clock()
+        upstream_started = self.upstream_started
+        host.observer.request_done(
+            RequestRecord(  # positional: this runs once per request
+                host.client_ip,
+                host.client_port,
+                host.family,
+                self.head,
+                self.status,
+                self.bytes_received,
+                self.bytes_sent,
+                self.wall_start,
+                now - self.started,
+                self.upstream_peer,
+                (now - upstream_started) if upstream_started else None,
+                error,
+            )
+        )
 
     # ================================================================ deadlines
     def next_deadline(self, now: float) -> float | None:

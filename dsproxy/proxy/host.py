@@ -62,4 +62,5 @@ class ExchangeHost(Protocol):
     def switch_protocols(
         self, exchange: Exchange, conn: UpstreamConnection, head: ResponseHead
     ) -> None: ...
-    def exchange_done(self, exchange: Exchange) -> None: ...
+    def exchange_done(self, exchange: Exchange) -> None:
+        """The response is complete and recorded: write what is left of it, then move on."""

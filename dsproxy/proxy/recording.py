@@ -1,8 +1,8 @@
-"""The one place an exchange becomes a record for the observers (metrics, access log).
+"""The record of a WebSocket session, made from the exchange that switched protocols.
 
-A ``RequestRecord`` per finished request (proxied, refused, failed or
-aborted; exactly once) and a ``TunnelRecord`` per WebSocket session, filled
-in as the tunnel runs and reported when it closes.
+``Exchange.record`` reports a ``RequestRecord`` per finished request (proxied,
+refused, failed or aborted; exactly once); a 101 instead starts a tunnel whose
+``TunnelRecord`` is filled in as it runs and reported when it closes.
 """
 
 from __future__ import annotations
@@ -10,30 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dsproxy.http.codec.base import Headers
-from dsproxy.observe.records import RequestRecord, TunnelRecord
+from dsproxy.observe.records import TunnelRecord
 
 if TYPE_CHECKING:
     from dsproxy.proxy.exchange import Exchange
     from dsproxy.proxy.upstream import UpstreamConnection
-
-
-def request_record(ex: Exchange, now: float, error: str | None) -> RequestRecord:
-    host = ex.host
-    upstream_started = ex.upstream_started
-    return RequestRecord(  # positional: this runs once per request
-        host.client_ip,
-        host.client_port,
-        host.family,
-        ex.head,
-        ex.status,
-        ex.bytes_received,
-        ex.bytes_sent,
-        ex.wall_start,
-        now - ex.started,
-        ex.upstream_peer,
-        (now - upstream_started) if upstream_started else None,
-        error,
-    )
 
 
 def tunnel_record(ex: Exchange, conn: UpstreamConnection) -> TunnelRecord:

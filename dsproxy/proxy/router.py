@@ -30,6 +30,8 @@ class Router:
 
     def __init__(self, default: Route) -> None:
         self.default = default
+        # The route of every request when there is only one: callers skip route().
+        self.only: Route | None = default
 
     def route(self, target: bytes) -> Route:
         return self.default

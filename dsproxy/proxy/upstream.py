@@ -28,7 +28,9 @@ class UpstreamOwner(Protocol):
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_end(self, trailers: Headers) -> None: ...
     def upstream_failed(self, conn: UpstreamConnection | None, error: UpstreamError) -> None: ...
-    def upstream_data_seen(self) -> None: ...
+
+    upstream_activity: float  # loop time of the last byte from the upstream
+
     def upstream_pause_writing(self) -> None: ...
     def upstream_resume_writing(self) -> None: ...
     def flush(self) -> None: ...
@@ -57,12 +59,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.stale = False  # its address left the upstream name's answer
         self.peer = server.authority
         self.address = server.host
+        self._clock = _no_clock
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        self._clock = asyncio.get_running_loop().time
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
         peer = transport.get_extra_info("peername")
         if peer:
@@ -75,7 +79,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the upstream broke framing; drop it.
             self.keeper.discard(self)
             return
-        owner.upstream_data_seen()
+        owner.upstream_activity = self._clock()
         try:
             self.codec.feed(data)
         except UpstreamError as exc:
@@ -168,3 +172,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
+
+
+def _no_clock() -> float:
+    return 0.0  # before connection_made: nothing is read yet

@@ -373,5 +373,8 @@ class HttptoolsServerCodec(ServerCodec):
         return wire.chunk(data) if self._chunked_out else (data,)
 
     def encode_end(self, trailers: Headers) -> bytes:
-        chunked, self._chunked_out = self._chunked_out, False
-        return wire.body_end(chunked, trailers)
+        # Inline, not a shared helper: this runs once per message on the hot path.
+        if self._chunked_out:
+            self._chunked_out = False
+            return wire.last_chunk(trailers)
+        return b""

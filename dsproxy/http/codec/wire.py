@@ -51,8 +51,3 @@ def last_chunk(trailers: Headers) -> bytes:
     if not trailers:
         return LAST_CHUNK
     return b"0\r\n" + _header_block(trailers)
-
-
-def body_end(chunked: bool, trailers: Headers) -> bytes:
-    """What ends a body: the last chunk and trailers when chunked, else nothing."""
-    return last_chunk(trailers) if chunked else b""
