@@ -95,7 +95,6 @@ class ClientConnection(asyncio.Protocol):
         self.arm = self._timer.arm  # ExchangeHost.arm: exchanges share the one timer
         self._idle_since = 0.0
         self._head_started = 0.0  # 0 while no byte of the next head has arrived
-        self._first_request = True
         self._reading = ReadGate()  # paused for PAUSE_* reasons
 
     # ================================================================ connection
@@ -197,7 +196,6 @@ class ClientConnection(asyncio.Protocol):
         now = self.loop.time()
         self.state = ACTIVE
         self._head_started = 0.0
-        self._first_request = False
         shared = self.shared
         router = shared.router
         route = router.only or router.route(head.target)

@@ -87,10 +87,6 @@ class Exchange:
         # What the upstream connection calls after each read: the host's flush itself.
         self.flush = host.flush
 
-    @property
-    def active(self) -> bool:
-        return self.state < SWITCHED
-
     # ============================================================ request side
     def start(self, max_body_bytes: int) -> None:
         """Check and rewrite the request, then borrow (or start opening) a connection."""
