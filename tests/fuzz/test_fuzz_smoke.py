@@ -1,4 +1,4 @@
-"""A short run of the atheris codec fuzz targets (fuzz/run.py): no finding in 20,000 inputs each.
+"""A short run of the atheris codec fuzz targets (fuzz/run.py): no finding in 10,000 inputs each.
 
 Skipped only when atheris is not importable (it is in the ``test`` extra on Linux).
 The longer run's figures are in docs/reliability.md.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNS = 20_000
+RUNS = 10_000
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("atheris") is None, reason="atheris is not installed"
