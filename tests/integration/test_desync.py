@@ -434,3 +434,75 @@ def test_bytes_behind_a_close_request_in_a_later_segment(
     assert closed
     assert [status for status, _ in responses] == [200]
     assert upstream.count("GET", "/echo") == 0
+
+
+@pytest.fixture
+def raw_upstream(loop_thread: LoopThread) -> Iterator[RawUpstream]:
+    up = RawUpstream()
+    loop_thread.call(up.start())
+    yield up
+    loop_thread.call(up.close())
+
+
+@dataclass
+class RawUpstream:
+    """Answers every request head with ``response``, byte for byte, then waits for EOF."""
+
+    response: bytes = b""
+    server: asyncio.Server | None = None
+    port: int = 0
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(self.response)
+            await writer.drain()
+            await reader.read()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.transport.abort()
+
+
+def test_nul_in_the_upstream_reason_phrase_is_never_forwarded(
+    proxy_factory: ProxyFactory,
+    raw_upstream: RawUpstream,
+    parser: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """RFC 9112 §4: a reason phrase is HTAB / SP / VCHAR / obs-text; a NUL must not reach
+    the client (h11 refuses the response: 502)."""
+    if parser == "httptools":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="httptools client codec accepts a NUL in the reason phrase and the "
+                "proxy writes it verbatim into the client's status line",
+            )
+        )
+    raw_upstream.response = b"HTTP/1.1 200 O\x00K\r\nContent-Length: 2\r\n\r\nok"
+    proxy = proxy_factory(upstream_port=raw_upstream.port)
+    with proxy.connect(timeout=READ_TIMEOUT_SECONDS) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reader = ResponseReader(sock)
+        data = reader.read_until_close()
+    status_line = data.split(b"\r\n", 1)[0]
+    assert b"\x00" not in status_line
+    assert status_line.startswith(b"HTTP/1.1 502 ")

@@ -538,3 +538,15 @@ def test_b1_bytes_behind_a_close_request_in_a_later_read() -> None:
     cut = raw.index(b"GET /2")
     for codec in CODECS:
         assert run_server(codec, raw, [cut]) == run_server(codec, raw), codec
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="httptools client codec accepts a NUL in the response reason phrase (h11 refuses)",
+)
+def test_b2_nul_in_the_reason_phrase() -> None:
+    """RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ). llhttp takes a NUL
+    there, and the proxy writes the reason into the client's status line verbatim."""
+    raw = b"HTTP/1.1 200 O\x00K\r\nContent-Length: 0\r\n\r\n"
+    assert run_client("h11", b"GET", raw).end == ("error", "protocol")
+    assert run_client("httptools", b"GET", raw).end == ("error", "protocol")
