@@ -34,7 +34,7 @@ def test_one_input(data: bytes) -> None:
     outcomes = []
     for codec in CODECS:
         whole = run_client(codec, method, raw)
-        error = split_invariance_error(codec, whole, run_client(codec, method, raw, cuts))
+        error = split_invariance_error(codec, whole, run_client(codec, method, raw, cuts), raw)
         if error:
             raise AssertionError(error)
         outcomes.append(whole)

@@ -90,7 +90,7 @@ def check_agreement(a: Outcome, b: Outcome, tags: frozenset[str]) -> None:
     assert error is None, error
     if a == b or refused_for_another_fault(a, b) or refused_before_the_end(a, b):
         return
-    explained = tags & DELIBERATE
+    explained = tags & (DELIBERATE | {"B3"})
     assert explained, f"undocumented difference:\n  h11:       {a}\n  httptools: {b}"
 
 
@@ -99,8 +99,8 @@ def refused_before_the_end(a: Outcome, b: Outcome) -> bool:
     return a.messages == b.messages and a.end == ("incomplete",) and b.end == ("error", 400)
 
 
-def check_split_invariance(codec: str, whole: Outcome, split: Outcome) -> None:
-    error = split_invariance_error(codec, whole, split)
+def check_split_invariance(codec: str, whole: Outcome, split: Outcome, raw: bytes = b"") -> None:
+    error = split_invariance_error(codec, whole, split, raw)
     assert error is None, error
 
 
@@ -205,7 +205,10 @@ def chunked_body(draw: st.DrawFn, tags: set[str], eol: bytes) -> bytes:
         out += size + line_end + data + data_end
     out += b"0" + eol
     for name in draw(st.lists(st.sampled_from([b"X-Sum", b"Expires", b"X-T"]), max_size=2)):
-        out += name + b": " + draw(field_value(tags)) + eol
+        value = draw(field_value(tags))
+        if len(value) > MAX_HEAD_BYTES:
+            tags.add("B3")  # a known h11 bug: drop with test_b3's xfail
+        out += name + b": " + value + eol
     return out + eol
 
 
@@ -375,7 +378,7 @@ def test_response_streams_framed_alike(
     outcomes = []
     for codec in CODECS:
         whole = run_client(codec, method, raw)
-        check_split_invariance(codec, whole, run_client(codec, method, raw, cuts))
+        check_split_invariance(codec, whole, run_client(codec, method, raw, cuts), raw)
         outcomes.append(whole)
     check_agreement(outcomes[0], outcomes[1], tags)
 
@@ -550,3 +553,19 @@ def test_b2_nul_in_the_reason_phrase() -> None:
     raw = b"HTTP/1.1 200 O\x00K\r\nContent-Length: 0\r\n\r\n"
     assert run_client("h11", b"GET", raw).end == ("error", "protocol")
     assert run_client("httptools", b"GET", raw).end == ("error", "protocol")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="h11 codec does not bound a trailer section that arrives in one read "
+    "(431 only when it comes in pieces; httptools: always 431)",
+)
+def test_b3_oversized_trailers_in_one_read() -> None:
+    """server.max_header_bytes bounds a trailer section too (as httptools does)."""
+    raw = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"1\r\na\r\n0\r\nX-Big: " + b"v" * (4 * MAX_HEAD_BYTES) + b"\r\n\r\n"
+    )
+    assert run_server("httptools", raw).end == ("error", 431)
+    assert run_server("h11", raw, [len(raw) - 100]).end == ("error", 431)
+    assert run_server("h11", raw).end == ("error", 431)
