@@ -14,7 +14,8 @@ An outcome is what the proxy would act on: every message the codec completed
   upstream connection after a response (see ``run_client``);
 * ``("incomplete",)``: the input ended inside a message (more bytes awaited);
 * ``("close",)``: a message that does not keep the connection alive ended;
-* ``("switched", tail)``: an Upgrade request ended; ``tail`` are the bytes behind it.
+* ``("switched", tail)``: an Upgrade request ended; ``tail`` are the bytes behind it;
+* ``("connect",)``: a CONNECT request ended (the proxy answers 405 and closes).
 
 Header values are compared without surrounding SP/HTAB and with the
 Transfer-Encoding value lower-cased: h11 normalises both, llhttp hands on
@@ -154,6 +155,9 @@ def run_server(codec: str, data: bytes, cuts: Iterable[int] = ()) -> Outcome:
             cycles += 1
             head = rec.heads[-1]
             assert isinstance(head, RequestHead)
+            if head.method == b"CONNECT":
+                end = ("connect",)  # the proxy answers 405 itself and closes
+                break
             if head.upgrade is not None:
                 end = ("switched", server.switch_protocols())
                 break

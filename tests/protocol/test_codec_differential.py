@@ -219,7 +219,7 @@ def request(draw: st.DrawFn, tags: set[str]) -> bytes:
         eol = b"\n"
         tags.add("D2")
     method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS",
-                                   b"PATCH", b"get", b"FOO", b"G(T"]))  # fmt: skip
+                                   b"PATCH", b"CONNECT", b"get", b"FOO", b"G(T"]))  # fmt: skip
     if method in (b"get", b"FOO"):
         tags.add("D5")
     target = draw(st.sampled_from([b"/", b"/a?b=c&d=%2F", b"*", b"http://h/p", b"/x%00y",
