@@ -297,11 +297,54 @@ async def slowloris(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         report["fds_after"] = fds(proxy.pid)
         report["rss_kib_after"] = rss_kib(proxy.pid)
         report["normal_client_after"] = percentiles([(await get(proxy.port))[1] for _ in range(50)])
+        # More rounds against the same process: memory reused, or grown each time?
+        report["later_rounds"] = [
+            await attack_round(proxy, args) for _ in range(max(0, args.rounds - 1))
+        ]
     finally:
         report["proxy_exit_code"] = await proxy.stop()
         report["tracebacks"] = sum("Traceback" in line for line in proxy.log)
         upstream.close()
     return report
+
+
+async def attack_round(proxy: Proxy, args: argparse.Namespace) -> dict[str, Any]:
+    """Open the slow connections again, wait until the proxy closed them all."""
+    outcomes: Counter[str] = Counter()
+
+    async def slow_client() -> None:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        except OSError:
+            outcomes["connect_failed"] += 1
+            return
+        writer.write(HEAD)
+        try:
+            async with asyncio.timeout(args.header_timeout * 3 + 10):
+                data = await reader.read(4096)
+            outcomes[
+                data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/") else "closed"
+            ] += 1
+        except (TimeoutError, ConnectionError):
+            outcomes["no_answer"] += 1
+        finally:
+            writer.transport.abort()
+
+    tasks = []
+    for _ in range(args.connections):
+        tasks.append(asyncio.create_task(slow_client()))
+        if len(tasks) % 500 == 0:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(1)
+    during = rss_kib(proxy.pid)
+    await asyncio.wait(tasks, timeout=args.header_timeout * 3 + 20)
+    await asyncio.sleep(1)
+    return {
+        "rss_kib_during": during,
+        "rss_kib_after": rss_kib(proxy.pid),
+        "fds_after": fds(proxy.pid),
+        "outcomes": dict(outcomes),
+    }
 
 
 # ----------------------------------------------------------------- EMFILE
@@ -373,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     slow.add_argument("--connections", type=int, default=2000)
     slow.add_argument("--trickle", type=float, default=2.0, help="seconds between fields")
     slow.add_argument("--header-timeout", type=float, default=10.0)
+    slow.add_argument("--rounds", type=int, default=1, help="attacks on the same process")
     exhaust = sub.add_parser("emfile")
     exhaust.add_argument("--nofile", type=int, default=64)
     exhaust.add_argument("--clients", type=int, default=200)
