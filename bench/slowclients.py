@@ -1,4 +1,5 @@
-"""Slow and greedy clients against a dsproxy subprocess: slowloris and descriptor exhaustion.
+"""Slow and greedy clients against a dsproxy subprocess: slowloris, slow request bodies,
+clients that never read, and descriptor exhaustion.
 
 Loopback only, ports from the OS, bounded in time; prints a JSON report.
 
@@ -12,6 +13,17 @@ client sends GETs (a new connection each) and its latency is measured before and
 the attack. Reported: the proxy's RSS and descriptors before and with every slow
 connection open (KiB per connection), when the slow connections were answered or
 closed (the header timeout: 408), and the normal client's p50/p99/max.
+
+``slowpost`` / ``noread``::
+
+    python bench/slowclients.py slowpost --connections 500 --body-timeout 10
+    python bench/slowclients.py noread --connections 500 --body-timeout 10
+
+``slowpost`` clients announce a 1 MiB body and send one byte every ``--trickle``
+seconds (server.body_timeout is an inactivity limit, so a trickle faster than it keeps
+them alive: use a trickle above it to see the 408); ``noread`` clients ask for a 16 MiB
+response and never read it (the proxy stops reading the upstream when its write buffer
+is full and cuts the client off after server.body_timeout). Reported as for slowloris.
 
 ``emfile``::
 
@@ -35,21 +47,27 @@ import os
 import re
 import resource
 import signal
+import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 HEAD = b"GET /ok HTTP/1.1\r\nHost: slow.test\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 # ----------------------------------------------------------------- upstream and proxy
+BIG_BODY_BYTES = 16 * 1024 * 1024
+BIG = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG_BODY_BYTES
+
+
 async def _upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Answers ``200 ok`` to every request head (no bodies are sent here)."""
+    """Answers ``200 ok`` to every request head (a request body is read and dropped);
+    ``GET /big`` gets a 16 MiB body, written as fast as the proxy takes it."""
     try:
         buf = b""
         while True:
@@ -58,8 +76,17 @@ async def _upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
                 break
             buf += data
             while b"\r\n\r\n" in buf:
-                _, buf = buf.split(b"\r\n\r\n", 1)
-                writer.write(OK)
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                if head.startswith(b"GET /big "):
+                    writer.write(BIG)
+                    chunk = bytes(256 * 1024)
+                    for _ in range(BIG_BODY_BYTES // len(chunk)):
+                        writer.write(chunk)
+                        await writer.drain()
+                elif not head.startswith(b"POST "):
+                    writer.write(OK)
+                else:
+                    buf = b""  # a slow POST: its body never completes; the proxy ends it
             await writer.drain()
     except ConnectionError:
         pass
@@ -347,6 +374,115 @@ async def attack_round(proxy: Proxy, args: argparse.Namespace) -> dict[str, Any]
     }
 
 
+# ----------------------------------------------------------------- slow POST, no reader
+async def never_read(writer: asyncio.StreamWriter) -> str:
+    """Read nothing (the response piles up in the kernel buffers, then in the proxy)
+    until the proxy cuts the connection off: its reset shows as SO_ERROR."""
+    sock = writer.get_extra_info("socket")
+    transport = cast(asyncio.Transport, writer.transport)
+    transport.pause_reading()  # stop taking bytes off the socket
+    while True:
+        await asyncio.sleep(0.5)
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return "cut_off"
+
+
+async def slow_body_or_no_read(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """``slowpost``: clients send a POST head announcing 1 MiB, then a byte every
+    ``--trickle`` seconds (a body that stalls: server.body_timeout -> 408).
+    ``noread``: clients ask for a 16 MiB body and never read it (the proxy's write
+    buffer fills, it stops reading the upstream, and after server.body_timeout it
+    cuts the client off). Either way: memory per connection, time until the proxy
+    ends each one, and a normal client's latency meanwhile."""
+    upstream = await asyncio.start_server(_upstream, "127.0.0.1", 0)
+    config = tmp / "dsproxy.toml"
+    write_config(
+        config,
+        upstream.sockets[0].getsockname()[1],
+        body_timeout=args.body_timeout,
+        max_connections=args.connections + 1000,
+    )
+    proxy = Proxy(config)
+    await proxy.start()
+    report: dict[str, Any] = {"mode": args.mode, "connections": args.connections}
+    try:
+        report["normal_client_before"] = percentiles(
+            [(await get(proxy.port))[1] for _ in range(200)]
+        )
+        report["rss_kib_before"] = rss_kib(proxy.pid)
+        report["fds_before"] = fds(proxy.pid)
+        outcomes: Counter[str] = Counter()
+        ended_after: list[float] = []
+
+        async def client() -> None:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            except OSError:
+                outcomes["connect_failed"] += 1
+                return
+            t0 = time.monotonic()
+            try:
+                async with asyncio.timeout(args.body_timeout * 3 + 20):
+                    if args.mode == "slowpost":
+                        writer.write(
+                            b"POST /up HTTP/1.1\r\nHost: slow.test\r\n"
+                            b"Content-Length: 1048576\r\n\r\n"
+                        )
+                        read = asyncio.create_task(reader.read(4096))
+                        while not read.done():
+                            await asyncio.wait([read], timeout=args.trickle)
+                            if not read.done():
+                                writer.write(b"x")
+                        data = read.result()
+                        outcome = data.split(b" ", 2)[1].decode() if data else "closed"
+                    else:
+                        writer.write(b"GET /big HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+                        outcome = await never_read(writer)
+            except TimeoutError:
+                outcome = "never_ended"
+            except ConnectionError:
+                outcome = "reset" if args.mode == "slowpost" else "cut_off"
+            finally:
+                ended_after.append(time.monotonic() - t0)
+                writer.transport.abort()
+            outcomes[outcome] += 1
+
+        tasks = []
+        for _ in range(args.connections):
+            tasks.append(asyncio.create_task(client()))
+            if len(tasks) % 200 == 0:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(2)
+        report["rss_kib_during"] = rss_kib(proxy.pid)
+        report["fds_during"] = fds(proxy.pid)
+        held = max(1, report["fds_during"] - report["fds_before"])
+        report["kib_per_connection"] = round(
+            (report["rss_kib_during"] - report["rss_kib_before"]) / held, 2
+        )
+        during: list[float] = []
+        failures = 0
+        while any(not t.done() for t in tasks) and len(during) < 2000:
+            status, seconds = await get(proxy.port)
+            if status == 200:
+                during.append(seconds)
+            else:
+                failures += 1
+            await asyncio.sleep(0.01)
+        report["normal_client_during"] = percentiles(during)
+        report["normal_client_failures_during"] = failures
+        await asyncio.wait(tasks, timeout=args.body_timeout * 3 + 30)
+        report["outcomes"] = dict(outcomes)
+        report["ended_after_s"] = percentiles(ended_after)
+        await asyncio.sleep(1)
+        report["fds_after"] = fds(proxy.pid)
+        report["rss_kib_after"] = rss_kib(proxy.pid)
+    finally:
+        report["proxy_exit_code"] = await proxy.stop()
+        report["tracebacks"] = sum("Traceback" in line for line in proxy.log)
+        upstream.close()
+    return report
+
+
 # ----------------------------------------------------------------- EMFILE
 async def emfile(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     upstream = await asyncio.start_server(_upstream, "127.0.0.1", 0)
@@ -417,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     slow.add_argument("--trickle", type=float, default=2.0, help="seconds between fields")
     slow.add_argument("--header-timeout", type=float, default=10.0)
     slow.add_argument("--rounds", type=int, default=1, help="attacks on the same process")
+    for mode in ("slowpost", "noread"):
+        greedy = sub.add_parser(mode)
+        greedy.add_argument("--connections", type=int, default=500)
+        greedy.add_argument("--trickle", type=float, default=2.0, help="seconds between bytes")
+        greedy.add_argument("--body-timeout", type=float, default=10.0)
     exhaust = sub.add_parser("emfile")
     exhaust.add_argument("--nofile", type=int, default=64)
     exhaust.add_argument("--clients", type=int, default=200)
@@ -426,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the clients need descriptors
     with tempfile.TemporaryDirectory(prefix="dsproxy-slow-") as tmp:
-        run = slowloris if args.mode == "slowloris" else emfile
+        run = {"slowloris": slowloris, "emfile": emfile}.get(args.mode, slow_body_or_no_read)
         try:
             import uvloop
         except ImportError:

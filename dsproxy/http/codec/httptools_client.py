@@ -29,7 +29,7 @@ class HttptoolsClientCodec(ClientCodec):
         self._parser = httptools.HttpResponseParser(self)
         self._method = b""
         self._upgrade_requested = False
-        self._chunked_out = False
+        self._framer = wire.BodyFramer()
         # Per cycle.
         self._awaiting = False  # a request was sent and its final response has not ended
         self._record: list[bytes] | None = None  # bytes of this cycle, to find a head's end
@@ -45,8 +45,8 @@ class HttptoolsClientCodec(ClientCodec):
         self._status = 0
         self._reason = b""
         self._headers: Headers = []
-        self._trailers: Headers | None = None
-        self._in_trailers = False
+        self._trailers: Headers = []
+        self._fields = self._headers  # where on_header puts a field: the head, then trailers
         self._in_message = False
         self._eof_body = False
 
@@ -62,7 +62,7 @@ class HttptoolsClientCodec(ClientCodec):
         upgrade: bool = False,
     ) -> bytes:
         self._method = method
-        self._chunked_out = chunked
+        self._framer.chunked = chunked
         self._awaiting = True
         self._upgrade_requested = upgrade
         self._record = []  # until the final head: where it ends, should llhttp stop
@@ -70,14 +70,10 @@ class HttptoolsClientCodec(ClientCodec):
         return wire.request_head(method, target, headers)
 
     def encode_body(self, data: bytes) -> Pieces:
-        return wire.chunk(data) if self._chunked_out else (data,)
+        return self._framer.body(data)
 
     def encode_end(self, trailers: Headers) -> bytes:
-        # Inline, not a shared helper: this runs once per message on the hot path.
-        if self._chunked_out:
-            self._chunked_out = False
-            return wire.last_chunk(trailers)
-        return b""
+        return self._framer.end(trailers)
 
     # -- llhttp callbacks -------------------------------------------------
 
@@ -87,9 +83,7 @@ class HttptoolsClientCodec(ClientCodec):
             # answer to a request sent meanwhile on this connection.
             raise UpstreamError("the upstream sent bytes behind the response", kind="protocol")
         self._reason = b""
-        self._headers = []
-        self._trailers = None
-        self._in_trailers = False
+        self._headers = self._fields = []
         self._in_message = True
         self._eof_body = False
 
@@ -97,18 +91,13 @@ class HttptoolsClientCodec(ClientCodec):
         self._reason += piece
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_trailers:
-            if self._trailers is None:
-                self._trailers = []
-            self._trailers.append((name, value))
-        else:
-            self._headers.append((name, value))
+        self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         status: int = parser.get_status_code()
         self._status = status
-        self._in_trailers = True
+        self._trailers = self._fields = []
         self._heads += 1
         head = response_head(
             status,
@@ -150,8 +139,7 @@ class HttptoolsClientCodec(ClientCodec):
             return  # 1xx: the final head follows (or a 101 ends HTTP)
         self._awaiting = False
         self._ended_in_feed = True
-        trailers = self._trailers
-        self._handler.on_response_end(trailers if trailers is not None else [])
+        self._handler.on_response_end(self._trailers)
 
     # -- parsing ----------------------------------------------------------
 

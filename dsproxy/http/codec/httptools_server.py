@@ -81,7 +81,8 @@ class HttptoolsServerCodec(ServerCodec):
         # Parse-side state of the message llhttp is on.
         self._url = b""
         self._headers: Headers = []
-        self._trailers: Headers | None = None
+        self._trailers: Headers = []
+        self._fields = self._headers  # where on_header puts a field: the head, then trailers
         self._in_trailers = False
         self._head_size = 0  # head (then trailer) bytes seen through callbacks
         self._head_raw = 0  # bytes fed while this head stays incomplete
@@ -103,15 +104,14 @@ class HttptoolsServerCodec(ServerCodec):
         self._in_head = False
         self._in_message = False
         self._switched = False
-        self._chunked_out = False
+        self._framer = wire.BodyFramer()
 
     # -- llhttp callbacks (parse time) ------------------------------------
 
     def on_message_begin(self) -> None:
         self._url = b""
         self._body_seen = 0
-        self._headers = []
-        self._trailers = None
+        self._headers = self._fields = []
         self._in_trailers = False
         self._head_size = 0
         self._head_raw = 0
@@ -135,12 +135,7 @@ class HttptoolsServerCodec(ServerCodec):
                 "request trailers too large" if self._in_trailers else "request head too large",
                 status=431,
             )
-        if self._in_trailers:
-            if self._trailers is None:
-                self._trailers = []
-            self._trailers.append((name, value))
-        else:
-            self._headers.append((name, value))
+        self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -156,6 +151,7 @@ class HttptoolsServerCodec(ServerCodec):
         self._cur_chunked = head.chunked
         self._parse_in_head = False
         self._in_trailers = True
+        self._trailers = self._fields = []
         self._head_size = 0
         if self._blocked:
             self._queue.append((_HEAD, head))
@@ -171,8 +167,7 @@ class HttptoolsServerCodec(ServerCodec):
         self._ended_in_feed = True
         if self._parser.should_upgrade():
             return  # HttpParserUpgrade follows: _after_upgrade_head ends the message
-        trailers = self._trailers
-        self._emit_end(trailers if trailers is not None else [])
+        self._emit_end(self._trailers)
 
     # -- delivery ---------------------------------------------------------
 
@@ -366,15 +361,11 @@ class HttptoolsServerCodec(ServerCodec):
     def encode_response_head(
         self, status: int, reason: bytes, headers: Headers, *, chunked: bool
     ) -> bytes:
-        self._chunked_out = chunked
+        self._framer.chunked = chunked
         return wire.status_head(status, reason, headers)
 
     def encode_body(self, data: bytes) -> Pieces:
-        return wire.chunk(data) if self._chunked_out else (data,)
+        return self._framer.body(data)
 
     def encode_end(self, trailers: Headers) -> bytes:
-        # Inline, not a shared helper: this runs once per message on the hot path.
-        if self._chunked_out:
-            self._chunked_out = False
-            return wire.last_chunk(trailers)
-        return b""
+        return self._framer.end(trailers)

@@ -51,3 +51,26 @@ def last_chunk(trailers: Headers) -> bytes:
     if not trailers:
         return LAST_CHUNK
     return b"0\r\n" + _header_block(trailers)
+
+
+class BodyFramer:
+    """Frames one direction's bodies: chunked coding, or the data as it is.
+
+    ``chunked`` is set when a head whose body is chunked is encoded; ``end``
+    resets it. Held by the httptools codecs (both sides) rather than inherited,
+    since a codec class already has its one base, the codec interface.
+    """
+
+    __slots__ = ("chunked",)
+
+    def __init__(self) -> None:
+        self.chunked = False
+
+    def body(self, data: bytes) -> Pieces:
+        return chunk(data) if self.chunked else (data,)
+
+    def end(self, trailers: Headers) -> bytes:
+        if self.chunked:
+            self.chunked = False
+            return last_chunk(trailers)
+        return b""
