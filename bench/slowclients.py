@@ -47,7 +47,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -375,16 +374,15 @@ async def attack_round(proxy: Proxy, args: argparse.Namespace) -> dict[str, Any]
 
 
 # ----------------------------------------------------------------- slow POST, no reader
-async def never_read(writer: asyncio.StreamWriter) -> str:
-    """Read nothing (the response piles up in the kernel buffers, then in the proxy)
-    until the proxy cuts the connection off: its reset shows as SO_ERROR."""
-    sock = writer.get_extra_info("socket")
+async def never_read(writer: asyncio.StreamWriter, done: asyncio.Event) -> str:
+    """Read nothing: the response piles up in the kernel buffers, then in the proxy.
+    When the proxy gives up it closes its socket, which a client that never reads
+    cannot see (no RST: the proxy has nothing unread), so the proxy's descriptors are
+    watched instead (``proxy_closed_all_after_s``); the client holds until then."""
     transport = cast(asyncio.Transport, writer.transport)
     transport.pause_reading()  # stop taking bytes off the socket
-    while True:
-        await asyncio.sleep(0.5)
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            return "cut_off"
+    await done.wait()
+    return "cut_off"
 
 
 async def slow_body_or_no_read(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -413,6 +411,7 @@ async def slow_body_or_no_read(args: argparse.Namespace, tmp: Path) -> dict[str,
         report["fds_before"] = fds(proxy.pid)
         outcomes: Counter[str] = Counter()
         ended_after: list[float] = []
+        proxy_let_go = asyncio.Event()  # noread: the proxy closed every client connection
 
         async def client() -> None:
             try:
@@ -437,7 +436,7 @@ async def slow_body_or_no_read(args: argparse.Namespace, tmp: Path) -> dict[str,
                         outcome = data.split(b" ", 2)[1].decode() if data else "closed"
                     else:
                         writer.write(b"GET /big HTTP/1.1\r\nHost: slow.test\r\n\r\n")
-                        outcome = await never_read(writer)
+                        outcome = await never_read(writer, proxy_let_go)
             except TimeoutError:
                 outcome = "never_ended"
             except ConnectionError:
@@ -461,15 +460,23 @@ async def slow_body_or_no_read(args: argparse.Namespace, tmp: Path) -> dict[str,
         )
         during: list[float] = []
         failures = 0
+        attack_start = time.monotonic() - 2
         while any(not t.done() for t in tasks) and len(during) < 2000:
             status, seconds = await get(proxy.port)
             if status == 200:
                 during.append(seconds)
             else:
                 failures += 1
+            if args.mode == "noread" and not proxy_let_go.is_set():
+                if fds(proxy.pid) <= report["fds_before"] + 2:
+                    report["proxy_closed_all_after_s"] = round(time.monotonic() - attack_start, 1)
+                    proxy_let_go.set()
+                elif time.monotonic() - attack_start > args.body_timeout * 3 + 20:
+                    proxy_let_go.set()  # give up waiting; reported as never closed
             await asyncio.sleep(0.01)
         report["normal_client_during"] = percentiles(during)
         report["normal_client_failures_during"] = failures
+        proxy_let_go.set()
         await asyncio.wait(tasks, timeout=args.body_timeout * 3 + 30)
         report["outcomes"] = dict(outcomes)
         report["ended_after_s"] = percentiles(ended_after)

@@ -253,8 +253,10 @@ class Exchange:
         host.exchange_done(self)  # writes the response's last bytes first
 
     def upstream_pause_writing(self) -> None:
-        self.upstream_write_paused_at = self.host.clock()
-        self.host.pause_request()
+        host = self.host
+        now = self.upstream_write_paused_at = host.clock()
+        host.pause_request()
+        host.arm(now + self.route.send_timeout)  # the stall is due then, not at a later check
 
     def upstream_resume_writing(self) -> None:
         self.upstream_write_paused_at = 0.0
@@ -262,9 +264,11 @@ class Exchange:
 
     def client_pause_writing(self) -> None:
         """The client's buffer is full: stop reading the upstream until it drains."""
-        self.client_write_paused_at = self.host.clock()
+        host = self.host
+        now = self.client_write_paused_at = host.clock()
         if self.upstream is not None:
             self.upstream.pause_reading()
+        host.arm(now + host.body_timeout)  # a client that never reads is cut off then
 
     def client_resume_writing(self) -> None:
         self.client_write_paused_at = 0.0

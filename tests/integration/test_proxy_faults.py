@@ -296,3 +296,24 @@ def test_header_timeout_on_keep_alive_connection(proxy_factory: ProxyFactory) ->
                 break
         assert time.monotonic() - started < 2.0
         assert reader.read().status == 408
+
+
+def test_client_that_stops_reading_is_cut_off_after_body_timeout(
+    proxy_factory: ProxyFactory, upstream: Upstream
+) -> None:
+    """The response piles up until the proxy's write buffer is full; after
+    server.body_timeout more (not upstream.read_timeout's 60 s) the client is cut off."""
+    proxy = proxy_factory(server={"body_timeout": 1.0})
+    family = socket.AF_INET6 if ":" in proxy.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(proxy.address)
+        started = time.monotonic()
+        sock.sendall(b"GET /stream?n=200000000&cl=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_for(
+            lambda: any(r.error == "client_write_timeout" for r in proxy.observer.requests),
+            timeout=8,
+        )
+        assert time.monotonic() - started < 6
+    still_serving(proxy)
