@@ -234,24 +234,35 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-# ----------------------------------------------------------------- slowloris
-async def slowloris(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+async def start_attack_target(
+    tmp: Path, connections: int, **server: object
+) -> tuple[asyncio.Server, Proxy, dict[str, Any]]:
+    """The upstream and a proxy (``server`` keys set), and the normal client's baseline."""
     upstream = await asyncio.start_server(_upstream, "127.0.0.1", 0)
     config = tmp / "dsproxy.toml"
     write_config(
         config,
         upstream.sockets[0].getsockname()[1],
-        header_timeout=args.header_timeout,
-        max_connections=args.connections + 1000,
+        max_connections=connections + 1000,
+        **server,
     )
     proxy = Proxy(config)
     await proxy.start()
-    report: dict[str, Any] = {"connections": args.connections, "trickle_s": args.trickle}
+    report: dict[str, Any] = {
+        "normal_client_before": percentiles([(await get(proxy.port))[1] for _ in range(200)]),
+        "rss_kib_before": rss_kib(proxy.pid),
+        "fds_before": fds(proxy.pid),
+    }
+    return upstream, proxy, report
+
+
+# ----------------------------------------------------------------- slowloris
+async def slowloris(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    upstream, proxy, report = await start_attack_target(
+        tmp, args.connections, header_timeout=args.header_timeout
+    )
+    report.update(connections=args.connections, trickle_s=args.trickle)
     try:
-        baseline = [(await get(proxy.port))[1] for _ in range(200)]
-        report["normal_client_before"] = percentiles(baseline)
-        report["rss_kib_before"] = rss_kib(proxy.pid)
-        report["fds_before"] = fds(proxy.pid)
         outcomes: Counter[str] = Counter()
         closed_after: list[float] = []
         opened = asyncio.Event()
@@ -392,23 +403,11 @@ async def slow_body_or_no_read(args: argparse.Namespace, tmp: Path) -> dict[str,
     buffer fills, it stops reading the upstream, and after server.body_timeout it
     cuts the client off). Either way: memory per connection, time until the proxy
     ends each one, and a normal client's latency meanwhile."""
-    upstream = await asyncio.start_server(_upstream, "127.0.0.1", 0)
-    config = tmp / "dsproxy.toml"
-    write_config(
-        config,
-        upstream.sockets[0].getsockname()[1],
-        body_timeout=args.body_timeout,
-        max_connections=args.connections + 1000,
+    upstream, proxy, report = await start_attack_target(
+        tmp, args.connections, body_timeout=args.body_timeout
     )
-    proxy = Proxy(config)
-    await proxy.start()
-    report: dict[str, Any] = {"mode": args.mode, "connections": args.connections}
+    report.update(mode=args.mode, connections=args.connections)
     try:
-        report["normal_client_before"] = percentiles(
-            [(await get(proxy.port))[1] for _ in range(200)]
-        )
-        report["rss_kib_before"] = rss_kib(proxy.pid)
-        report["fds_before"] = fds(proxy.pid)
         outcomes: Counter[str] = Counter()
         ended_after: list[float] = []
         proxy_let_go = asyncio.Event()  # noread: the proxy closed every client connection
