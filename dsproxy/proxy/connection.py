@@ -104,10 +104,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         shared = self.shared
         if len(shared.connections) >= shared.config.server.max_connections:
-            # Over capacity: close at once; the ones we already serve keep working.
-            self.observer.client_error("over_capacity")
-            self.state = CLOSED
-            transport.abort()
+            self._turn_away(transport, "over_capacity")
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
         self._reading.transport = transport
@@ -118,11 +115,8 @@ class ClientConnection(asyncio.Protocol):
         limits = shared.limits
         if limits.active:
             key = limits.key(self.client_ip)
-            if not limits.connection_opened(key):
-                # Over server.max_connections_per_ip: close at once, as over capacity.
-                self.observer.client_error("too_many_connections")
-                self.state = CLOSED
-                transport.abort()
+            if not limits.connection_opened(key):  # over server.max_connections_per_ip
+                self._turn_away(transport, "too_many_connections")
                 return
             self.client_key = key
             self._limits = limits
@@ -139,6 +133,12 @@ class ClientConnection(asyncio.Protocol):
         self._idle_since = now
         self._head_started = now  # the first head is due header_timeout after accept
         self.arm(now + self.header_timeout)
+
+    def _turn_away(self, transport: asyncio.Transport, kind: str) -> None:
+        """Close a new connection at once, counted; the ones already served keep working."""
+        self.observer.client_error(kind)
+        self.state = CLOSED
+        transport.abort()
 
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()

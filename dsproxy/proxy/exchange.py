@@ -312,21 +312,17 @@ class Exchange:
         self._fail(UpstreamError(detail, status=504, kind="timeout"))
 
     def client_gone(self, kind: str) -> None:
-        """The client closed or broke its connection while this exchange was in flight."""
-        if self.state == CONNECTING or self.state == FORWARDING:
-            self.drop_upstream()
-            self.status = CLIENT_CLOSED_STATUS if not self.response_started else self.status
-            self.state = DONE
-            self.record(kind)
-
-    def abort(self, kind: str) -> None:
-        """Tear down a half-done exchange and the client side with it."""
+        """End a half-done exchange whose client side is gone (or about to be cut off)."""
         if self.state == CONNECTING or self.state == FORWARDING:
             self.drop_upstream()
             if not self.response_started and kind.startswith("client"):
                 self.status = CLIENT_CLOSED_STATUS
             self.state = DONE
             self.record(kind)
+
+    def abort(self, kind: str) -> None:
+        """Tear down a half-done exchange and the client side with it."""
+        self.client_gone(kind)
         self.host.abort_client()
 
     def drop_upstream(self) -> None:

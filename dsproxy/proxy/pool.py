@@ -92,11 +92,12 @@ class UpstreamPool:
         self.observer = observer
         self.resolver = resolver
         self._connector = connector
-        servers = self._servers = config.servers
+        servers = config.servers
         self._single = servers[0] if len(servers) == 1 else None
         self._idle: dict[UpstreamServer, deque[UpstreamConnection]] = {s: deque() for s in servers}
-        # The one server's idle deque, when there is one server: no hashing per request.
-        self._single_idle = self._idle[servers[0]] if self._single is not None else None
+        # The first server's idle deque, used directly when it is the only one (no hashing
+        # a server per request).
+        self._single_idle = self._idle[servers[0]]
         self._idle_count = 0
         self._connecting: set[asyncio.Task[None]] = set()
         self._busy: set[UpstreamConnection] = set()
@@ -113,12 +114,12 @@ class UpstreamPool:
 
     # -- lending -----------------------------------------------------------------
     def acquire(self, waiter: ConnectWaiter) -> UpstreamConnection | None:
-        idle = self._single_idle
-        if idle is None:
+        server = self._single
+        if server is None:
             server = self._pick_server()
             idle = self._idle[server]
         else:
-            server = self._servers[0]
+            idle = self._single_idle
         while idle:
             conn = idle.pop()
             self._idle_count -= 1
@@ -276,9 +277,7 @@ class UpstreamPool:
             # connection must read so that the upstream's FIN is noticed.
             transport.resume_reading()
         conn.idle_since = time.monotonic()
-        idle = self._single_idle
-        if idle is None:
-            idle = self._idle[conn.server]
+        idle = self._single_idle if self._single is not None else self._idle[conn.server]
         idle.append(conn)
         self._idle_count += 1
         self.observer.pool_idle(self._idle_count)
