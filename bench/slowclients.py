@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -256,6 +257,28 @@ async def start_attack_target(
     return upstream, proxy, report
 
 
+async def normal_client_during(
+    proxy: Proxy,
+    tasks: list[asyncio.Task[None]],
+    report: dict[str, Any],
+    tick: Callable[[], None] | None = None,
+) -> None:
+    """A normal client's GETs (a new connection each) while the attack's tasks run."""
+    during: list[float] = []
+    failures = 0
+    while any(not t.done() for t in tasks) and len(during) < 2000:
+        status, seconds = await get(proxy.port)
+        if status == 200:
+            during.append(seconds)
+        else:
+            failures += 1
+        if tick is not None:
+            tick()
+        await asyncio.sleep(0.01)
+    report["normal_client_during"] = percentiles(during)
+    report["normal_client_failures_during"] = failures
+
+
 # ----------------------------------------------------------------- slowloris
 async def slowloris(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     upstream, proxy, report = await start_attack_target(
@@ -316,17 +339,7 @@ async def slowloris(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         report["kib_per_slow_connection"] = round(
             (report["rss_kib_during"] - report["rss_kib_before"]) / opened_count, 2
         )
-        during: list[float] = []
-        failures = 0
-        while any(not t.done() for t in tasks) and len(during) < 2000:
-            status, seconds = await get(proxy.port)
-            if status == 200:
-                during.append(seconds)
-            else:
-                failures += 1
-            await asyncio.sleep(0.01)
-        report["normal_client_during"] = percentiles(during)
-        report["normal_client_failures_during"] = failures
+        await normal_client_during(proxy, tasks, report)
         await asyncio.wait(tasks, timeout=args.header_timeout * 3 + 20)
         report["slow_outcomes"] = dict(outcomes)
         report["slow_closed_after_s"] = percentiles(closed_after)
@@ -457,24 +470,18 @@ async def slow_body_or_no_read(args: argparse.Namespace, tmp: Path) -> dict[str,
         report["kib_per_connection"] = round(
             (report["rss_kib_during"] - report["rss_kib_before"]) / held, 2
         )
-        during: list[float] = []
-        failures = 0
         attack_start = time.monotonic() - 2
-        while any(not t.done() for t in tasks) and len(during) < 2000:
-            status, seconds = await get(proxy.port)
-            if status == 200:
-                during.append(seconds)
-            else:
-                failures += 1
-            if args.mode == "noread" and not proxy_let_go.is_set():
-                if fds(proxy.pid) <= report["fds_before"] + 2:
-                    report["proxy_closed_all_after_s"] = round(time.monotonic() - attack_start, 1)
-                    proxy_let_go.set()
-                elif time.monotonic() - attack_start > args.body_timeout * 3 + 20:
-                    proxy_let_go.set()  # give up waiting; reported as never closed
-            await asyncio.sleep(0.01)
-        report["normal_client_during"] = percentiles(during)
-        report["normal_client_failures_during"] = failures
+
+        def watch_descriptors() -> None:
+            if args.mode != "noread" or proxy_let_go.is_set():
+                return
+            if fds(proxy.pid) <= report["fds_before"] + 2:
+                report["proxy_closed_all_after_s"] = round(time.monotonic() - attack_start, 1)
+                proxy_let_go.set()
+            elif time.monotonic() - attack_start > args.body_timeout * 3 + 20:
+                proxy_let_go.set()  # give up waiting; reported as never closed
+
+        await normal_client_during(proxy, tasks, report, watch_descriptors)
         proxy_let_go.set()
         await asyncio.wait(tasks, timeout=args.body_timeout * 3 + 30)
         report["outcomes"] = dict(outcomes)
