@@ -59,6 +59,9 @@ from dsproxy.config.model import (
     PARSER_NAMES as PARSER_NAMES,
 )
 from dsproxy.config.model import (
+    TLS_VERSIONS as TLS_VERSIONS,
+)
+from dsproxy.config.model import (
     AccessLogFormat as AccessLogFormat,
 )
 from dsproxy.config.model import (
@@ -69,6 +72,9 @@ from dsproxy.config.model import (
 )
 from dsproxy.config.model import (
     HostHeaderMode as HostHeaderMode,
+)
+from dsproxy.config.model import (
+    Http2Config as Http2Config,
 )
 from dsproxy.config.model import (
     IPNetwork as IPNetwork,
@@ -87,6 +93,12 @@ from dsproxy.config.model import (
 )
 from dsproxy.config.model import (
     ShutdownConfig as ShutdownConfig,
+)
+from dsproxy.config.model import (
+    TlsConfig as TlsConfig,
+)
+from dsproxy.config.model import (
+    TlsVersion as TlsVersion,
 )
 from dsproxy.config.model import (
     UpstreamConfig as UpstreamConfig,

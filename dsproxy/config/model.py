@@ -46,6 +46,11 @@ class ServerConfig:
     rate_limit: float = 0.0  # requests per second per client, 0 = off; over it -> 429
     rate_limit_burst: int = 0  # bucket size; 0 = one second's worth
     ipv6_client_prefix: int = 64  # IPv6 clients are counted per /N
+    tls_listen: tuple[HostPort, ...] = ()  # TLS listeners (ALPN h2, http/1.1); needs [tls]
+    h2c: bool = False  # cleartext listeners also take HTTP/2 with prior knowledge
+    proxy_protocol: bool = False  # every connection opens with a PROXY v1/v2 header
+    proxy_protocol_from: tuple[IPNetwork, ...] = ()  # peers allowed to send one
+    forwarded: bool = False  # add an RFC 7239 Forwarded header
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,24 @@ class UpstreamConfig:
     # connected to; /readyz fails while none answered within readiness_window. 0 = off.
     readiness_interval: float = 0.0
     readiness_window: float = 30.0
+
+
+TlsVersion = Literal["1.2", "1.3"]
+TLS_VERSIONS: tuple[TlsVersion, ...] = ("1.2", "1.3")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: Path | None = None  # PEM: the leaf, then its chain
+    key: Path | None = None  # PEM private key of the leaf
+    min_version: TlsVersion = "1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Config:
+    max_concurrent_streams: int = 100
+    max_header_list_bytes: int = 65536  # decoded header list (HPACK bombs stop here)
+    websocket: bool = True  # RFC 8441 extended CONNECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +116,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    http2: Http2Config = field(default_factory=Http2Config)
     admin: AdminConfig = field(default_factory=AdminConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     log: LogConfig = field(default_factory=LogConfig)

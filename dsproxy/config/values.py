@@ -10,6 +10,7 @@ import math
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from dsproxy.config.model import (
@@ -17,11 +18,13 @@ from dsproxy.config.model import (
     HOST_HEADER_MODES,
     LOG_LEVELS,
     PARSER_NAMES,
+    TLS_VERSIONS,
     AccessLogFormat,
     HostHeaderMode,
     IPNetwork,
     LogLevel,
     ParserName,
+    TlsVersion,
     UpstreamServer,
 )
 from dsproxy.errors import ConfigError
@@ -157,6 +160,19 @@ def _parse_access_log(key: str, value: object) -> AccessLogFormat:
     return _choice(key, value, ACCESS_LOG_FORMATS)
 
 
+def _parse_tls_version(key: str, value: object) -> TlsVersion:
+    # min_version = 1.2 (a TOML float) is what people type; it means "1.2".
+    if isinstance(value, float) and not isinstance(value, bool):
+        value = f"{value:g}"
+    return _choice(key, value, TLS_VERSIONS)
+
+
+def _parse_path(key: str, value: object) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, f"must be a file path, got {_show(value)}")
+    return Path(value.strip())
+
+
 def bracket_hint(text: str) -> str | None:
     """For an unbracketed IPv6 listen address (``::16980``), the form meant: ``[::]:16980``."""
     text = text.strip()
@@ -213,6 +229,13 @@ def _parse_listen(key: str, value: object) -> tuple[HostPort, ...]:
         raise ConfigError(key, "must list at least one address, like [::]:16980")
     _refuse_duplicates(key, [str(address) for address in addresses])
     return addresses
+
+
+def _parse_listen_list(key: str, value: object) -> tuple[HostPort, ...]:
+    """Like ``_parse_listen``, but an empty list is allowed (no listener of this kind)."""
+    if value == []:
+        return ()
+    return _parse_listen(key, value)
 
 
 def _parse_trusted_proxies(key: str, value: object) -> tuple[IPNetwork, ...]:

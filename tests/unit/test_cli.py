@@ -108,7 +108,7 @@ def test_check_the_example_file(capsys: pytest.CaptureFixture[str]) -> None:
         ('[upstream]\nurl = "https://gw"\n', "upstream.url: 'https://gw': only http://"),
         (UPSTREAM_TOML + "[admin]\nlisten = 9100\n", "admin.listen: must be an address"),
         (UPSTREAM_TOML + "[server]\nbogus = 1\n", "server.bogus: unknown key"),
-        (UPSTREAM_TOML + "[tls]\n", "tls: unknown section"),
+        (UPSTREAM_TOML + "[tsl]\n", "tsl: unknown section; did you mean tls?"),
         ("[server\n", "(toml): "),
         ("a = = 1\n", "(toml): "),
         (UPSTREAM_TOML + '[admin]\nlisten = "[::]:16980"\n', "admin.listen: [::]:16980 overlaps"),

@@ -117,6 +117,8 @@ TIMEOUTS = [
 DURATION_FORMS = '"5s", "100ms", "1m"'
 COUNTS = [("server", "max_body_bytes", 0), ("upstream", "keepalive", 0)]
 POSITIVE_COUNTS = [
+    ("http2", "max_concurrent_streams", 1),
+    ("http2", "max_header_list_bytes", 1),
     ("server", "max_connections", 1),
     ("server", "max_header_bytes", 1),
     ("upstream", "keepalive_requests", 1),
@@ -188,6 +190,19 @@ VALID: list[tuple[str, str, str, str, object]] = [
         "servers",
         (UpstreamServer("10.0.0.1", 80), UpstreamServer("fd00::1", 80)),
     ),
+    ("server", "tls_listen", "[]", "tls_listen", ()),
+    ("server", "tls_listen", '["[::]:16443"]', "tls_listen", (HostPort("::", 16443),)),
+    ("server", "tls_listen", '"127.0.0.1:443"', "tls_listen", (HostPort("127.0.0.1", 443),)),
+    *[("server", key, value, key, value == "true")
+      for key in ("h2c", "proxy_protocol", "forwarded") for value in ("true", "false")],
+    ("server", "proxy_protocol_from", '["10.0.0.0/8", "fd00::/8"]', "proxy_protocol_from",
+     (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))),
+    ("tls", "cert", '"/etc/dsproxy/tls/tls.crt"', "cert", Path("/etc/dsproxy/tls/tls.crt")),
+    ("tls", "key", '"tls.key"', "key", Path("tls.key")),
+    ("tls", "min_version", '"1.2"', "min_version", "1.2"),
+    ("tls", "min_version", '"1.3"', "min_version", "1.3"),
+    ("tls", "min_version", "1.3", "min_version", "1.3"),
+    ("http2", "websocket", "false", "websocket", False),
     ("upstream", "host_header", '"preserve"', "host_header", "preserve"),
     ("upstream", "host_header", '"upstream"', "host_header", "upstream"),
     ("admin", "listen", '"127.0.0.1:9100"', "listen", HostPort("127.0.0.1", 9100)),
@@ -278,6 +293,17 @@ INVALID: list[tuple[str, str, str, str]] = [
     ("server", "rate_limit_burst", "1.5", "must be an integer >= 0, got 1.5"),
     ("server", "ipv6_client_prefix", "0", "must be an IPv6 prefix length from 1 to 128, got 0"),
     ("server", "ipv6_client_prefix", "129", "must be an IPv6 prefix length from 1 to 128"),
+    ("server", "tls_listen", '["443"]', "is not of the form"),
+    ("server", "tls_listen", '"::443"', "must be written in brackets, like [::]:443"),
+    ("server", "h2c", '"yes"', "must be true or false, got 'yes'"),
+    ("server", "proxy_protocol", "1", "must be true or false, got 1"),
+    ("server", "proxy_protocol_from", '["lb.local"]', "'lb.local' is not an IP network"),
+    ("server", "forwarded", '"rfc7239"', "must be true or false"),
+    ("tls", "cert", '""', "must be a file path, got ''"),
+    ("tls", "key", "[]", "must be a file path, got []"),
+    ("tls", "min_version", '"1.1"', "must be one of 1.2, 1.3, got '1.1'"),
+    ("tls", "min_version", "1.0", "must be one of 1.2, 1.3, got '1'"),
+    ("http2", "websocket", '"on"', "must be true or false, got 'on'"),
     ("upstream", "url", "[]", "must list at least one URL"),
     ("upstream", "url", '""', "must be a URL like http://host:port, got ''"),
     ("upstream", "url", '"gateway:18080"', "must be a URL like http://host:port"),
@@ -379,7 +405,7 @@ def test_the_first_error_in_the_file_is_reported(tmp_path: Path) -> None:
         ("[log]\nformat = \"json\"\n", "log.format", "unknown key"),
         ("[websockets]\nidle_timeout = 1\n", "websockets",
          "unknown section; did you mean websocket?"),
-        ("[http]\n", "http", "unknown section (known: server, upstream, websocket, admin, "),
+        ("[frontend]\n", "frontend", "unknown section (known: server, upstream, tls, http2, "),
         ("listen = [\"[::]:80\"]\n", "listen", "unknown section"),
         ("source = \"x\"\n", "source", "unknown section"),
         ("[server.tls]\ncert = \"x\"\n", "server.tls", "unknown key"),
@@ -460,10 +486,18 @@ def test_the_example_file_shows_the_defaults() -> None:
     assert config == Config(upstream=UpstreamConfig(servers=(GATEWAY,)), source=EXAMPLE)
 
 
+# Keys without a default: the example shows them commented out.
+NO_DEFAULT = {"tls.cert", "tls.key"}
+
+
 def test_the_example_file_lists_every_key() -> None:
-    document = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    text = EXAMPLE.read_text(encoding="utf-8")
+    document = tomllib.loads(text)
     keys = {f"{section}.{key}" for section, table in document.items() for key in table}
-    assert keys == set(KNOWN_KEYS)
+    assert keys | NO_DEFAULT == set(KNOWN_KEYS)
+    assert not keys & NO_DEFAULT
+    for key in NO_DEFAULT:
+        assert f"\n# {key.split('.')[1]} = " in text, key
 
 
 # -- validate: rules across keys -----------------------------------------------------------
