@@ -55,6 +55,7 @@ class ClientContext:
     client_ip: str  # normalised
     listen_port: bytes  # the port the client connected to, for X-Forwarded-Port
     trusted: bool  # the peer is in server.trusted_proxies
+    scheme: bytes = b"http"  # b"https" on TLS listeners (X-Forwarded-Proto)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,7 @@ def build_upstream_request(
         out.append((b"Host", target.authority))
     out.append((b"X-Forwarded-For", xff + b", " + client if xff else client))
     out.append((b"X-Real-IP", real_ip or client))
-    out.append((b"X-Forwarded-Proto", proto or b"http"))
+    out.append((b"X-Forwarded-Proto", proto or ctx.scheme))
     out.append((b"X-Forwarded-Host", host or target.authority))
     out.append((b"X-Forwarded-Port", ctx.listen_port))
     if wants_trailers:
