@@ -174,7 +174,7 @@ class UpstreamPool:
             started = loop.time()
             try:
                 async with asyncio.timeout(self.config.connect_timeout):
-                    addresses = await self.resolver.resolve(server)
+                    addresses = await self.resolver.resolve(server, self.config.resolve_interval)
                     conn = await self._open(loop, server, addresses)
                 break
             except (TimeoutError, OSError) as exc:
@@ -219,11 +219,12 @@ class UpstreamPool:
         no longer has (a gateway Service or pod that moved): idle ones to a
         dropped address are closed, busy ones are not taken back.
         """
+        interval = self.config.resolve_interval
         while not self.closing:
-            await asyncio.sleep(self.config.resolve_interval)
+            await asyncio.sleep(interval)
             for server in self._named:
                 try:
-                    addresses = set(await self.resolver.resolve(server))
+                    addresses = set(await self.resolver.resolve(server, interval))
                 except OSError:
                     continue  # the resolver keeps (and logs) the last good answer
                 self._drop_stale(server, addresses)
