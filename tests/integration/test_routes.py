@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -237,3 +238,21 @@ def test_forwarded_appends_to_a_trusted_peers_value(
 def test_without_forwarded_the_clients_header_passes_untouched(proxy: RunningProxy) -> None:
     seen = headers_of(get(proxy, "/echo", headers={"Forwarded": "for=198.51.100.9"}))
     assert seen["forwarded"] == ["for=198.51.100.9"]
+
+
+def test_a_reload_adds_and_removes_routes(
+    proxy_factory: ProxyFactory,
+    loop_thread: LoopThread,
+    upstream: Upstream,
+    api: Upstream,
+) -> None:
+    upstream.name = "default"
+    proxy = proxy_factory()
+    assert get(proxy, "/api/echo").status_code == 404  # the default upstream has no /api
+    config = proxy.server.config
+    with_route = replace(config, routes=routes(upstream, {"prefix": "/api", "url": url_of(api)}))
+    loop_thread.call(proxy.server.reload(with_route))
+    assert echoed_by(get(proxy, "/api/echo")) == "api"
+    loop_thread.call(proxy.server.reload(config))
+    assert get(proxy, "/api/echo").status_code == 404
+    assert len(api.requests) == 1
