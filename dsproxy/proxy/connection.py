@@ -195,7 +195,8 @@ class ClientConnection(asyncio.Protocol):
         self.state = ACTIVE
         self._head_started = 0.0
         shared = self.shared
-        router = shared.router
+        # After a reload: the new configuration's routes and pools (see Shared.successor).
+        router = shared.newest().router if shared.draining else shared.router
         route = router.only
         if route is None:
             try:

@@ -126,6 +126,7 @@ class ProxyServer:
         self.resolver.interval = config.upstream.resolve_interval
         self.limits.configure(**limit_settings(config))
         self.shared = self._make_shared(config)
+        old.successor = self.shared
         old.draining = True
         old.pools.close()
         for conn in list(old.connections):
