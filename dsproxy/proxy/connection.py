@@ -125,6 +125,8 @@ class ClientConnection(asyncio.Protocol):
             client_ip=self.client_ip,
             listen_port=str(sock[1] if len(sock) > 1 else 0).encode(),
             trusted=is_trusted(self.client_ip, shared.config.server.trusted_proxies),
+            # A TLS listener hands over its TLS transport (proxy/tlsfront.py).
+            scheme=b"https" if transport.get_extra_info("ssl_object") is not None else b"http",
         )
         shared.connections.add(self)
         self.counted = True
