@@ -17,9 +17,10 @@ supervisor:
   with shutdown.delay and shutdown.grace), SIGKILL whatever is left after
   delay + grace + STOP_MARGIN_SECONDS, exit 0. A second signal sends a second
   SIGTERM, which makes the workers stop at once;
-- SIGHUP: re-reads the config file; an invalid file is logged and changes
-  nothing; a valid one is forwarded as SIGHUP (each worker reloads itself) and
-  the worker count is adjusted;
+- SIGHUP: re-reads the config file; an invalid file, a new listen address that
+  cannot be bound or a TLS certificate that cannot be loaded is logged and changes
+  nothing (a worker started later must be able to start on it); a valid one is
+  forwarded as SIGHUP (each worker reloads itself) and the worker count is adjusted;
 - restarts a worker that dies unexpectedly; more than RESTART_LIMIT deaths
   within RESTART_WINDOW_SECONDS stop everything with exit code 1.
 

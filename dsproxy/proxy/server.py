@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from typing import Any, Protocol
 
 from dsproxy.config import Config
@@ -60,7 +59,7 @@ class ProxyServer:
         # TLS listeners (server.tls_listen) and the certificate they serve; ConfigError
         # here when there are TLS listeners and the certificate cannot be loaded.
         self._tls_listeners: dict[HostPort, tuple[Listener, Serving]] = {}
-        self.tls = TlsFront(observer)
+        self.tls = TlsFront(observer, lambda: self.shared)
         self.tls.start(config)
 
     def _make_shared(self, config: Config) -> Shared:
@@ -78,9 +77,6 @@ class ProxyServer:
 
     def _factory(self) -> ClientConnection:
         return ClientConnection(self.shared)
-
-    def _tls_accepted(self, sock: socket.socket, peer: object) -> None:
-        self.tls.accept(self.shared, sock, peer)
 
     @property
     def reuse_port(self) -> bool:
@@ -119,7 +115,7 @@ class ProxyServer:
     async def _serve(self, listener: Listener, *, tls: bool = False) -> None:
         server: Serving
         if tls:
-            server = TlsAcceptor(listener.sock, self._tls_accepted)
+            server = TlsAcceptor(listener.sock, self.tls.accept)
         else:
             server = await asyncio.get_running_loop().create_server(
                 self._factory, sock=listener.sock

@@ -82,10 +82,14 @@ def load_tls(config: Config) -> ServerTls:
 
 
 class TlsFront:
-    """The certificate one worker serves on its TLS listeners."""
+    """The certificate one worker serves on its TLS listeners, and their connections.
 
-    def __init__(self, observer: Observer) -> None:
+    ``shared`` returns the configuration generation in force (it changes on reload).
+    """
+
+    def __init__(self, observer: Observer, shared: Callable[[], Shared]) -> None:
         self.observer = observer
+        self.shared = shared
         self.current: ServerTls | None = None
 
     def start(self, config: Config) -> None:
@@ -126,29 +130,37 @@ class TlsFront:
             log.warning("TLS: %s", warning)
         self.observer.tls_certificate_loaded(info.not_after)
 
-    def accept(self, shared: Shared, sock: socket.socket, peer: object) -> None:
+    def accept(self, sock: socket.socket, peer: object) -> None:
         """A connection just accepted on a TLS listener: count it, start its handshake."""
-        current = self.current
+        current, shared = self.current, self.shared()
         if current is None or len(shared.connections) >= shared.config.server.max_connections:
             shared.observer.client_error("over_capacity")  # (no certificate: never served)
             sock.close()
             return
-        TlsHandshake(shared, current.context, sock, peer).start()
+        TlsHandshake(shared, self.shared, current.context, sock, peer).start()
 
 
 class TlsHandshake(asyncio.Protocol):
     """Owns a connection accepted on a TLS listener until its handshake is over.
 
-    It is one of ``shared.connections`` meanwhile, so it counts against
-    ``server.max_connections`` (checked before any cryptography) and a shutdown's abort
-    reaches it. A handshake in progress is not idle: a drain lets it finish, and its
-    connection then serves on the configuration it was accepted with.
+    It is one of ``shared.connections`` (of the generation it was accepted in)
+    meanwhile, so it counts against ``server.max_connections`` (checked before any
+    cryptography) and a shutdown's abort reaches it. A handshake in progress is not
+    idle: a reload or a drain lets it finish. Its connection then serves on the
+    generation in force at the end of the handshake (``current()``), not the one it was
+    accepted in: a reload in between has closed that one's pools.
     """
 
     def __init__(
-        self, shared: Shared, context: ssl.SSLContext, sock: socket.socket, peer: object
+        self,
+        shared: Shared,
+        current: Callable[[], Shared],
+        context: ssl.SSLContext,
+        sock: socket.socket,
+        peer: object,
     ) -> None:
         self.shared = shared
+        self.current = current
         self.context = context
         self.sock = sock  # the loop's once the handshake task runs
         self.peer = peer
@@ -187,16 +199,15 @@ class TlsHandshake(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The handshake is complete: hand the TLS transport to the protocol ALPN chose."""
         tls = transport
-        shared = self.shared
         ssl_object = tls.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-        app = ALPN_HANDLERS.get(alpn or HTTP1, ALPN_HANDLERS[HTTP1])(shared)
+        app = ALPN_HANDLERS.get(alpn or HTTP1, ALPN_HANDLERS[HTTP1])(self.current())
         self.handed_over = True
         # Leave the books first: the app counts itself against max_connections.
-        shared.connections.discard(self)
+        self.shared.connections.discard(self)
         tls.set_protocol(app)
         app.connection_made(tls)
-        shared.connection_closed(self)  # (a no-op, or it tells a drain the app went too)
+        self.shared.connection_closed(self)  # (a no-op, or it tells a drain we are gone)
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass  # only ever reaches the app protocol, after the hand-over

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
+import os
 import re
 import shutil
 import socket
@@ -322,6 +324,21 @@ def test_reload_serves_a_new_certificate_and_keeps_open_connections(
     assert tls.proxy.observer.certificates[1] != 0
 
 
+def test_a_handshake_across_a_reload_is_served_by_the_new_configuration(
+    loop_thread: LoopThread, tls: TlsProxy
+) -> None:
+    # Accepted before the reload, handshaken after: the old generation's pools are
+    # closed by then, so its request must go to the new one (not a 502).
+    server = tls.proxy.server
+    raw = tls.raw()
+    assert wait_for(lambda: server.connection_count == 1)
+    loop_thread.call(server.reload(server.config))
+    context = tls.files.client_context()
+    with context.wrap_socket(raw, server_hostname=tls.host) as sock:
+        assert get(sock).startswith(b"HTTP/1.1 200 ")
+    assert [r.status for r in tls.proxy.observer.requests] == [200]
+
+
 def test_reload_with_unchanged_files_keeps_the_context(
     loop_thread: LoopThread, tls: TlsProxy
 ) -> None:
@@ -444,3 +461,62 @@ def test_probe_reports_h2_and_still_gets_over_http1(
 
     assert asyncio.run(body()) == 0
     assert probe_rows(capsys.readouterr().out)["ipv4"][1:3] == ["204", "TLSv1.3 h2"]
+
+
+# -- the acceptor ---------------------------------------------------------------------------
+
+
+class FlakyListenSocket:
+    """A listen socket whose accept() fails as told, then hands out the real one's."""
+
+    def __init__(self, real: socket.socket, errors: list[int]) -> None:
+        self.real = real
+        self.errors = errors
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self.errors:
+            code = self.errors.pop(0)
+            raise OSError(code, os.strerror(code))
+        return self.real.accept()
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def getsockname(self) -> Any:
+        return self.real.getsockname()
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_acceptor_pauses_when_out_of_descriptors(
+    loop_thread: LoopThread, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tlsfront, "ACCEPT_RETRY_SECONDS", 0.2)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    accepted: list[socket.socket] = []
+    # A client gave up while queued (skipped), then the process ran out of descriptors.
+    flaky = FlakyListenSocket(listener, [errno.ECONNABORTED, errno.EMFILE])
+
+    async def make() -> tlsfront.TlsAcceptor:
+        return tlsfront.TlsAcceptor(cast(socket.socket, flaky), lambda s, p: accepted.append(s))
+
+    acceptor = loop_thread.call(make())
+    with caplog.at_level(logging.ERROR, logger="dsproxy.proxy.tls"):
+        client = socket.create_connection(listener.getsockname(), timeout=5)
+        assert wait_for(lambda: "accept failed" in caplog.text)
+    paused_at = time.monotonic()
+    assert wait_for(lambda: len(accepted) == 1)  # the queued connection, after the pause
+    assert time.monotonic() - paused_at > 0.1
+    assert acceptor.is_serving()
+
+    async def close() -> None:
+        acceptor.close()
+        await acceptor.wait_closed()
+
+    loop_thread.call(close())
+    assert not acceptor.is_serving()
+    assert listener.fileno() == -1  # the acceptor owns and closed it
+    for sock in (client, *accepted):
+        sock.close()
