@@ -27,11 +27,12 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dsproxy import __version__
 from dsproxy.app.health import UpstreamReadiness
-from dsproxy.config import Config
+from dsproxy.config import AdminConfig, Config
 from dsproxy.errors import ConfigError
 from dsproxy.net.addr import HostPort
 from dsproxy.net.listener import Listener, ListenError
@@ -217,6 +218,8 @@ async def serve(
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running config: %s: %s", source, exc)
             return
+        if supervised:  # the supervisor serves admin for every worker (app/supervisor.py)
+            new = replace(new, admin=AdminConfig(listen=None))
         configure_logging(new.log.level)
         try:
             await server.reload(new)

@@ -476,6 +476,9 @@ def test_sighup_with_new_upstream_moves_traffic(
         for _ in range(5):
             assert keepalive.get("/kept").status_code == 200
     assert proxy.admin_status("/readyz") == 200
+    wait_until(lambda: "reloaded" in proxy.log(), "the reload logged")
+    # Workers have no admin listener of their own: a reload must not try to bind one.
+    assert "cannot listen on admin" not in proxy.log()
     assert proxy.process.poll() is None
 
 
