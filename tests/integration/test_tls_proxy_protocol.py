@@ -389,17 +389,22 @@ def test_the_peer_going_away(tls: TlsProxy, upstream: Upstream) -> None:
     assert wait_for(lambda: tls.proxy.server.connection_count == 0)
 
 
-@pytest.mark.parametrize("reason", ["http", "certificate", "eof", "timeout"])
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [("http", "http"), ("certificate", "certificate"), ("half-hello", "eof"),
+     ("health-check", "eof"), ("timeout", "timeout")],
+)  # fmt: skip
 def test_a_handshake_failing_after_a_good_header_is_counted(
     proxy_factory: ProxyFactory,
     tls_files: TlsFiles,
     tmp_path: Any,
     upstream: Upstream,
+    case: str,
     reason: str,
 ) -> None:
     tls = start(proxy_factory, tls_files, header_timeout=0.3)
     header = v2(HostPort("203.0.113.7", 1), DEST4)
-    if reason == "certificate":
+    if case == "certificate":
         stranger = make_tls_files(tmp_path, prefix="stranger").client_context()
         client = tls.client(stranger)
         client.send_with(header)
@@ -408,15 +413,18 @@ def test_a_handshake_failing_after_a_good_header_is_counted(
         client.close()
     else:
         with tls.raw() as sock:
-            if reason == "http":
+            if case == "http":
                 sock.sendall(header + REQUEST)
-            elif reason == "eof":
+            elif case == "half-hello":
                 hello = client_hello(tls.files)
                 sock.sendall(header + hello[: len(hello) // 2])
                 time.sleep(0.05)
+            elif case == "health-check":  # a balancer's: LOCAL, then it hangs up
+                sock.sendall(v2(command=0))
+                time.sleep(0.05)
             else:
                 sock.sendall(header)  # then nothing: the handshake's own deadline
-            if reason != "eof":
+            if case in ("http", "timeout"):
                 assert closed_by_server(sock, 5)
     observer = tls.proxy.observer
     assert wait_for(lambda: observer.tls_failures == [reason]), observer.tls_failures
