@@ -3,11 +3,17 @@
 A TLS listen socket is bound by ``net/listener.py`` exactly like a cleartext one. A
 ``TlsAcceptor`` accepts on it; each connection gets a ``TlsHandshake`` that runs
 ``loop.connect_accepted_socket(ssl=...)`` (uvloop's TLS, or asyncio's) with the context
-in force at accept time. When the handshake completes, the loop calls the handshake's
+in force when it starts. When the handshake completes, the loop calls the handshake's
 ``connection_made`` with the TLS transport, and it hands the transport over to the
 protocol ALPN chose (``ALPN_HANDLERS``: ``ClientConnection`` for ``http/1.1`` or no
 ALPN), which gets ``connection_made`` as if it had been accepted directly; no byte
 of the connection has been read by then.
+
+An ALPN handler is called as ``handler(shared, client=client)``: ``shared`` is the
+configuration generation in force, ``client`` the client's ``(host, port)`` when it is
+not the socket's peer (a PROXY header's source), else None. ``ClientConnection`` is
+one; a handler for another protocol takes ``client: tuple[str, int] | None = None``
+and uses it, when not None, wherever it would use the peer's address.
 
 Why not ``loop.create_server(ssl=...)``: the loop then swallows failed handshakes
 (``ssl.SSLError`` is an ``OSError``, which it logs only in debug mode), so nothing
@@ -20,7 +26,16 @@ ClientHello can be read before ``start_tls`` takes the socket, and is lost.
 (``net.tls.handshake_failure_reason``). The cost is one task per TLS connection (not
 per request), small next to the handshake's own cryptography.
 
-Deadlines: the handshake must finish within ``server.header_timeout``; closing a TLS
+With ``server.proxy_protocol`` the load balancer's PROXY header comes before the
+ClientHello. A ``SocketPreamble`` (proxy/preamble.py) takes exactly the header's
+bytes off the accepted socket first (it peeks, then consumes no more than the header:
+the same reason as above rules out reading it through a transport), with the peer
+check, the deadline, the refusals and their counting of the cleartext listeners' stage;
+then the handshake starts on the bytes behind it, told the header's source address.
+
+Deadlines: the handshake must finish within ``server.header_timeout`` (with the PROXY
+protocol: the header within that of the accept, then the handshake within that of the
+header's end, then the first request head within that again); closing a TLS
 connection waits at most ``TLS_SHUTDOWN_TIMEOUT_SECONDS`` for the client's close_notify.
 Out of descriptors (EMFILE and the like), an acceptor stops accepting for
 ``ACCEPT_RETRY_SECONDS`` and leaves new connections in the kernel's queue, as asyncio's
@@ -39,12 +54,14 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Protocol
 
 from dsproxy.config import Config
 from dsproxy.errors import ConfigError
 from dsproxy.net.tls import ALPN_PROTOCOLS, ServerTls, handshake_failure_reason, load_server_tls
 from dsproxy.observe.records import Observer
 from dsproxy.proxy.connection import ClientConnection
+from dsproxy.proxy.preamble import ClientAddress, SocketPreamble
 from dsproxy.proxy.shared import Shared
 
 log = logging.getLogger("dsproxy.proxy.tls")
@@ -59,10 +76,19 @@ ACCEPT_RETRY_SECONDS = 1.0
 # accept() errors that concern one queued connection only (the client gave up).
 _ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
+
+class AlpnHandler(Protocol):
+    """Makes the protocol that serves a connection; see the module docstring."""
+
+    def __call__(
+        self, shared: Shared, /, *, client: ClientAddress | None = None
+    ) -> asyncio.Protocol: ...
+
+
 # ALPN protocol -> the client-side protocol that serves it; a connection without ALPN
 # is HTTP/1.1. Only protocols listed here are offered (in ALPN_PROTOCOLS' order, h2
 # first), so registering the HTTP/2 front end here is what turns "h2" on.
-ALPN_HANDLERS: dict[str, Callable[[Shared], asyncio.Protocol]] = {
+ALPN_HANDLERS: dict[str, AlpnHandler] = {
     "http/1.1": ClientConnection,
 }
 HTTP1 = "http/1.1"
@@ -131,13 +157,32 @@ class TlsFront:
         self.observer.tls_certificate_loaded(info.not_after)
 
     def accept(self, sock: socket.socket, peer: object) -> None:
-        """A connection just accepted on a TLS listener: count it, start its handshake."""
+        """A connection just accepted on a TLS listener: count it, start its handshake.
+
+        With ``server.proxy_protocol``, its PROXY header first (which checks the peer and
+        the capacity itself).
+        """
         current, shared = self.current, self.shared()
+        if current is not None and shared.config.server.proxy_protocol:
+
+            def handshake(sock: socket.socket, client: ClientAddress | None) -> None:
+                self._handshake(shared, sock, peer, client)
+
+            SocketPreamble(shared, sock, peer, handshake).start()
+            return
         if current is None or len(shared.connections) >= shared.config.server.max_connections:
             shared.observer.client_error("over_capacity")  # (no certificate: never served)
             sock.close()
             return
-        TlsHandshake(shared, self.shared, current.context, sock, peer).start()
+        self._handshake(shared, sock, peer, None)
+
+    def _handshake(
+        self, shared: Shared, sock: socket.socket, peer: object, client: ClientAddress | None
+    ) -> None:
+        """The handshake, with the certificate in force now (``sock``'s owner from now on)."""
+        current = self.current
+        assert current is not None  # set before anything is accepted, never unset
+        TlsHandshake(shared, self.shared, current.context, sock, peer, client).start()
 
 
 class TlsHandshake(asyncio.Protocol):
@@ -158,12 +203,14 @@ class TlsHandshake(asyncio.Protocol):
         context: ssl.SSLContext,
         sock: socket.socket,
         peer: object,
+        client: ClientAddress | None = None,
     ) -> None:
         self.shared = shared
         self.current = current
         self.context = context
         self.sock = sock  # the loop's once the handshake task runs
         self.peer = peer
+        self.client = client  # a PROXY header's source address (None: the socket's peer)
         self.task: asyncio.Task[None] | None = None
         self.running = False
         self.handed_over = False
@@ -201,7 +248,8 @@ class TlsHandshake(asyncio.Protocol):
         tls = transport
         ssl_object = tls.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-        app = ALPN_HANDLERS.get(alpn or HTTP1, ALPN_HANDLERS[HTTP1])(self.current())
+        handler = ALPN_HANDLERS.get(alpn or HTTP1, ALPN_HANDLERS[HTTP1])
+        app = handler(self.current(), client=self.client)
         self.handed_over = True
         # Leave the books first: the app counts itself against max_connections.
         self.shared.connections.discard(self)

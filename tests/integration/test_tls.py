@@ -18,7 +18,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import httpx
@@ -261,12 +261,12 @@ def test_shutdown_aborts_a_handshake_without_counting_it(
 # -- ALPN: the seam the HTTP/2 front end plugs into ---------------------------------------------
 
 
-class FakeH2:
+class FakeH2(asyncio.Protocol):
     """Stands in for the HTTP/2 front end: records its transport and says hello."""
 
     made: list[asyncio.BaseTransport] = []
 
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, client: tuple[str, int] | None = None) -> None:
         self.shared = shared
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -282,7 +282,7 @@ class FakeH2:
 def test_alpn_h2_goes_to_the_registered_protocol(
     proxy_factory: ProxyFactory, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    handlers: dict[str, Callable[[Shared], Any]] = {**tlsfront.ALPN_HANDLERS, "h2": FakeH2}
+    handlers: dict[str, tlsfront.AlpnHandler] = {**tlsfront.ALPN_HANDLERS, "h2": FakeH2}
     monkeypatch.setattr(tlsfront, "ALPN_HANDLERS", handlers)
     FakeH2.made.clear()
     tls = start(proxy_factory, tls_files)
