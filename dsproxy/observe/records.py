@@ -26,6 +26,8 @@ CLIENT_ERROR_KINDS = (
     "over_capacity",
     "too_many_connections",
     "rate_limited",
+    "http2_protocol_error",
+    "http2_flood",
 )
 # Bounded label values for upstream_error(kind) (docs/configuration.md, metrics).
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
@@ -54,6 +56,7 @@ class RequestRecord:
         "upstream_duration",
         "error",
         "route",
+        "protocol",
         "_fields",
     )
 
@@ -72,6 +75,7 @@ class RequestRecord:
         upstream_duration: float | None,  # seconds from upstream request sent to response end
         error: str | None,  # ProxyError.kind when the proxy answered or aborted
         route: str = "default",  # the route's name ([[routes]] name, or "default")
+        protocol: str = "http1",  # the client's protocol: "http1" | "h2"
     ) -> None:
         self.client_ip = client_ip
         self.client_port = client_port
@@ -86,6 +90,7 @@ class RequestRecord:
         self.upstream_duration = upstream_duration
         self.error = error
         self.route = route
+        self.protocol = protocol
         self._fields: tuple[str, str, str] | None = None
 
     @property
@@ -158,6 +163,7 @@ class TunnelRecord:
     close_reason: str  # client_closed | upstream_closed | idle_timeout | shutdown | error
     user_agent: str = ""  # the client's User-Agent on the upgrade request
     route: str = "default"  # the route's name
+    protocol: str = "http1"  # "h2": a WebSocket over an HTTP/2 stream (RFC 8441)
 
 
 class Observer(Protocol):

@@ -27,6 +27,7 @@ from typing import Final, cast
 import dsproxy.http.codec.wire as wire
 from dsproxy.errors import ClientError, ProxyError
 from dsproxy.http.codec.base import Headers, RequestHead, ResponseHead, ServerCodec
+from dsproxy.http.h2map import PREFACE
 from dsproxy.http.rules import (
     ClientContext,
     build_client_response,
@@ -38,6 +39,7 @@ from dsproxy.net.addr import Family, family_of, normalise_ip
 from dsproxy.observe.records import Observer
 from dsproxy.proxy.exchange import Exchange
 from dsproxy.proxy.flow import DeadlineTimer, ReadGate
+from dsproxy.proxy.h2connection import Http2Connection
 from dsproxy.proxy.limits import ClientLimits
 from dsproxy.proxy.recording import tunnel_record
 from dsproxy.proxy.shared import Shared
@@ -70,6 +72,7 @@ class ClientConnection(asyncio.Protocol):
         self.body_timeout = cfg.body_timeout
         self.keepalive_timeout = cfg.keepalive_timeout
         self.max_body_bytes = cfg.max_body_bytes
+        self.protocol = "http1"
         self.observer: Observer = shared.observer
         self.loop = asyncio.get_running_loop()
         self.clock = self.loop.time
@@ -96,6 +99,7 @@ class ClientConnection(asyncio.Protocol):
         self._idle_since = 0.0
         self._head_started = 0.0  # 0 while no byte of the next head has arrived
         self._reading = ReadGate()  # paused for PAUSE_* reasons
+        self._first: bytes | None = b""  # first bytes that may be the HTTP/2 preface
 
     # ================================================================ connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -131,6 +135,29 @@ class ClientConnection(asyncio.Protocol):
         self._idle_since = now
         self._head_started = now  # the first head is due header_timeout after accept
         self.arm(now + self.header_timeout)
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None and tls.selected_alpn_protocol() == "h2":
+            self._to_h2(b"")
+
+    def _first_bytes(self, data: bytes) -> bytes:
+        """The first bytes: the HTTP/2 preface (RFC 9113 §3.4) goes to the HTTP/2 host."""
+        seen = (self._first or b"") + data
+        if seen[: len(PREFACE)] != PREFACE[: len(seen)]:
+            self._first = None
+            return seen
+        self._first = seen
+        if len(seen) >= len(PREFACE):
+            self._first = None
+            self._to_h2(seen)
+        return b""
+
+    def _to_h2(self, data: bytes) -> None:
+        """Hand the transport and its accounting over to HTTP/2 (which refuses it without h2c)."""
+        self.state = CLOSED
+        self._timer.cancel()
+        self.counted = False
+        Http2Connection(self.shared).adopt(self, self._limits, data)
+        self.client_key = ""
 
     def _turn_away(self, transport: asyncio.Transport, kind: str) -> None:
         """Close a new connection at once, counted; the ones already served keep working."""
@@ -143,6 +170,10 @@ class ClientConnection(asyncio.Protocol):
         arm_head = False
         exchange = self.exchange
         if exchange is None:
+            if self._first is not None:
+                data = self._first_bytes(data)
+                if not data:
+                    return
             if not self._head_started:
                 self._head_started = now
                 arm_head = True
