@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 import pytest
 
 from dsproxy.app.runner import new_event_loop
-from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer, WebSocketConfig
+from dsproxy.config import (
+    Config,
+    Http2Config,
+    ServerConfig,
+    UpstreamConfig,
+    UpstreamServer,
+    WebSocketConfig,
+)
 from dsproxy.http.codec import httptools_available
 from dsproxy.net.addr import Family, HostPort
 from dsproxy.observe.records import RequestRecord, TunnelRecord
@@ -186,8 +193,9 @@ class ProxyFactory:
         websocket: dict[str, Any] | None = None,
         upstream_port: int | None = None,
         host: str | None = None,
+        http2: dict[str, Any] | None = None,
     ) -> RunningProxy:
-        """Start a proxy; ``server``/``upstream``/``websocket`` override config fields."""
+        """Start a proxy; ``server``/``upstream``/``websocket``/``http2`` override config fields."""
         if upstream_port is None:
             assert self.upstream is not None
             upstream_port = self.upstream.port
@@ -200,7 +208,8 @@ class ProxyFactory:
             **(upstream or {}),
         )
         ws_cfg = replace(WebSocketConfig(), **(websocket or {}))
-        cfg = Config(server=server_cfg, upstream=upstream_cfg, websocket=ws_cfg)
+        h2_cfg = replace(Http2Config(), **(http2 or {}))
+        cfg = Config(server=server_cfg, upstream=upstream_cfg, websocket=ws_cfg, http2=h2_cfg)
         observer = RecordingObserver()
         srv = ProxyServer(cfg, observer)
         self.loop_thread.call(srv.start())

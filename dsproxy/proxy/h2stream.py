@@ -62,8 +62,9 @@ class H2Stream:
     """The client side of one exchange: HTTP/2 frames on a shared connection."""
 
     __slots__ = (
-        "conn", "h2", "sid", "exchange", "relay", "ws_key", "ctx", "client_ip", "client_port",
-        "family", "observer", "body_timeout", "protocol", "clock", "arm", "paused", "unacked",
+        "conn", "h2", "sid", "exchange", "relay", "ws_key", "early", "ctx", "client_ip",
+        "client_port", "family", "observer", "body_timeout", "protocol", "clock", "arm", "paused",
+        "unacked",
         "request_open", "trailers_in", "head_out", "out", "out_bytes", "end_queued",
         "trailers_out", "ended", "closed", "upstream_paused", "progress_at", "reset_after_end",
     )  # fmt: skip
@@ -75,6 +76,7 @@ class H2Stream:
         self.exchange: Exchange | None = None
         self.relay: H2Relay | None = None
         self.ws_key = b""  # the Sec-WebSocket-Key sent upstream for an extended CONNECT
+        self.early: list[bytes] = []  # a WebSocket's DATA before the upstream's 101
         # ExchangeHost: what every stream of the connection shares.
         self.ctx = conn.ctx
         self.client_ip = conn.client_ip
@@ -110,6 +112,9 @@ class H2Stream:
             relay.from_client(data)
             return
         ex = self.exchange
+        if self.ws_key and ex is not None:
+            self.early.append(data)  # for the relay (not given back until then)
+            return
         if ex is not None and self.request_open:
             ex.client_activity = now
             if data:
@@ -148,7 +153,8 @@ class H2Stream:
             return
         ex = self.exchange
         if ex is not None:
-            ex.request_end(self.trailers_in)
+            if not self.ws_key:  # an Upgrade request has ended already; the relay passes it on
+                ex.request_end(self.trailers_in)
         elif self.ended and not self.out:
             self.finish()
 

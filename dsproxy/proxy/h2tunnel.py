@@ -91,7 +91,12 @@ class H2Relay:
         stream.emit()  # the 200
         if leftover:
             self.to_client(leftover)
-        stream.give_back()  # DATA that came with or before the 200 was written upstream
+        early, stream.early = stream.early, []
+        for data in early:  # DATA the client sent before the 200
+            self.from_client(data)
+        if not stream.request_open:
+            self.client_eof()
+        stream.give_back()
         stream.conn.flush()
 
     # -- client -> upstream ---------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -256,6 +257,29 @@ def test_websocket_over_http2_relays_both_ways() -> None:
         assert (record.bytes_from_client, record.bytes_to_client) == (12, 9)
         assert rig.proto.streams == {}
         assert rig.observer.requests == []
+
+    run(scenario)
+
+
+def test_websocket_data_before_the_upstream_answers_waits_for_the_switch() -> None:
+    async def scenario() -> None:
+        rig = H2Rig()
+        sid = extended_connect(rig)
+        rig.peer.send_body(sid, b"early", end=True)
+        rig.pump()
+        conn, up = rig.upstream_of(0)
+        head = up.take()
+        assert head.endswith(b"\r\n\r\n")  # the Upgrade request alone
+        key = re.search(rb"(?i)sec-websocket-key: (\S+)", head)
+        assert key is not None
+        conn.data_received(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + websocket_accept(key.group(1)) + b"\r\n\r\n"
+        )
+        await rig.settle()
+        assert rig.peer.streams[sid].status == 200
+        assert up.take() == b"early"
+        assert up.eof_written  # the client's END_STREAM, passed on as FIN
 
     run(scenario)
 
