@@ -5,9 +5,10 @@
     dsproxy run   [-c FILE] [--listen ADDR]... [--upstream URL] [--admin ADDR|off]
                   [--workers N|auto] [--parser auto|h11|httptools]
                   [--access-log combined|json|off] [--log-level LEVEL]
+                  [--tls-listen ADDR]... [--tls-cert FILE] [--tls-key FILE]
     dsproxy check -c FILE [--resolve]
     dsproxy demo  [--listen ADDR]
-    dsproxy probe URL [--ws PATH] [--timeout SECONDS]
+    dsproxy probe URL [--ws PATH] [--timeout SECONDS] [--cacert FILE | --insecure]
 
 Flags default to None ("not given") so they override only what was typed; the
 values are checked by ``dsproxy.config`` with the file's rules and key names.
@@ -33,6 +34,7 @@ from dsproxy.config import (
     LOG_LEVELS,
     PARSER_NAMES,
     Config,
+    RouteConfig,
     apply_overrides,
     duration_seconds,
     load_config,
@@ -96,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--parser", metavar="|".join(PARSER_NAMES), help="server.parser")
     run.add_argument("--access-log", metavar="|".join(ACCESS_LOG_FORMATS), help="log.access")
     run.add_argument("--log-level", metavar="LEVEL", help=f"{', '.join(LOG_LEVELS)} (log.level)")
+    run.add_argument(
+        "--tls-listen",
+        action="append",
+        metavar="ADDR",
+        help="TLS listen address, like --listen; repeat for several (server.tls_listen)",
+    )
+    run.add_argument("--tls-cert", metavar="FILE", help="PEM certificate, then chain (tls.cert)")
+    run.add_argument("--tls-key", metavar="FILE", help="PEM private key (tls.key)")
     run.set_defaults(handler=_run)
 
     check = commands.add_parser(
@@ -112,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also resolve the upstream names (DNS), as the proxy will",
     )
+    check.add_argument("-v", "--verbose", action="store_true", help="also show the route table")
     check.set_defaults(handler=_check)
 
     demo = commands.add_parser(
@@ -129,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reach URL over IPv4 and IPv6 separately",
         description="Reach URL over IPv4 and IPv6 separately (HTTP, and a WebSocket ping).",
     )
-    probe.add_argument("url", metavar="URL", help="http://host:port/path")
+    probe.add_argument("url", metavar="URL", help="http[s]://host:port/path")
     probe.add_argument("--ws", metavar="PATH", help="also open a WebSocket on PATH and ping")
     probe.add_argument(
         "--timeout",
@@ -137,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PROBE_TIMEOUT_SECONDS,
         metavar="SECONDS",
         help=f"per step (default {DEFAULT_PROBE_TIMEOUT_SECONDS:g})",
+    )
+    trust = probe.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--cacert", type=Path, metavar="FILE", help="https: trust the CAs in FILE (PEM)"
+    )
+    trust.add_argument(
+        "-k", "--insecure", action="store_true", help="https: do not verify the certificate"
     )
     probe.set_defaults(handler=_probe)
     return parser
@@ -160,8 +178,15 @@ def _run(args: argparse.Namespace) -> int:
             parser=args.parser,
             access_log=args.access_log,
             log_level=args.log_level,
+            tls_listen=args.tls_listen,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
         validate(config)
+        if config.server.tls_listen:
+            from dsproxy.proxy.tlsfront import load_tls
+
+            load_tls(config)  # a certificate that cannot be loaded stops us here, exit 2
     except ConfigError as exc:
         print(f"dsproxy: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -178,14 +203,74 @@ def _file_message(exc: ConfigError) -> str:
 def _check(args: argparse.Namespace) -> int:
     path: Path = args.config
     config, problems = problems_in_file(path)
-    if config is not None and args.resolve:
+    if config is not None and config.server.tls_listen:
+        problems = _tls_problems(path, config)
+    if not problems and config is not None and args.resolve:
         problems = asyncio.run(_resolve_problems(config))
     if problems:
         for problem in problems:
             print(f"{path}: {_file_message(problem)}", file=sys.stderr)
         return EXIT_USAGE
     print(f"{path}: ok")
+    if args.verbose and config is not None:
+        print("\n".join(route_table(config)))
     return 0
+
+
+def route_table(config: Config) -> list[str]:
+    """The routes as matched: longest prefix first, the default ([upstream]) last."""
+    rows = [("prefix", "name", "upstream", "read/send/connect timeout", "ws idle", "rules")]
+    entries = sorted(config.routes, key=lambda r: len(r.prefix), reverse=True)
+    for prefix, name, upstream, ws_idle, rules in [
+        *[
+            (r.prefix, r.name, r.upstream, r.websocket_idle_timeout, _rules_text(r))
+            for r in entries
+        ],
+        ("/ (default)", "default", config.upstream, config.websocket.idle_timeout, "-"),
+    ]:
+        rows.append(
+            (
+                prefix,
+                name,
+                " ".join(server.url for server in upstream.servers),
+                f"{upstream.read_timeout:g}s/{upstream.send_timeout:g}s"
+                f"/{upstream.connect_timeout:g}s",
+                f"{ws_idle:g}s",
+                rules,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def _rules_text(route: RouteConfig) -> str:
+    parts = []
+    for what, sets, removes in (
+        ("request", route.request_headers_set, route.request_headers_remove),
+        ("response", route.response_headers_set, route.response_headers_remove),
+    ):
+        if sets:
+            parts.append(f"{what} set " + ",".join(name for name, _ in sets))
+        if removes:
+            parts.append(f"{what} remove " + ",".join(removes))
+    return "; ".join(parts) or "-"
+
+
+def _tls_problems(path: Path, config: Config) -> list[ConfigError]:
+    """Load the TLS certificate as the proxy will; print what it serves (and warnings)."""
+    from dsproxy.proxy.tlsfront import load_tls
+
+    try:
+        info = load_tls(config).certificate
+    except ConfigError as exc:
+        return [exc]
+    print(f"{path}: tls.cert: {info.describe()}")
+    for warning in info.warnings():  # served anyway: clients decide (docs/configuration.md)
+        print(f"{path}: tls.cert: warning: {warning}", file=sys.stderr)
+    return []
 
 
 async def _resolve_problems(config: Config) -> list[ConfigError]:
@@ -197,19 +282,21 @@ async def _resolve_problems(config: Config) -> list[ConfigError]:
 
     names = resolver.Resolver(0, lookup=lookup)
     problems: list[ConfigError] = []
-    for server in config.upstream.servers:
+    groups = [("upstream.url", config.upstream)]
+    groups += [(f"routes[{i}].url", r.upstream) for i, r in enumerate(config.routes, start=1)]
+    for key, server in [(key, server) for key, upstream in groups for server in upstream.servers]:
         try:
             addresses = await asyncio.wait_for(names.resolve(server), RESOLVE_TIMEOUT_SECONDS)
         except TimeoutError:
             problems.append(
                 ConfigError(
-                    "upstream.url",
+                    key,
                     f"{server.url}: resolving {server.host} took more than "
                     f"{RESOLVE_TIMEOUT_SECONDS:g}s",
                 )
             )
         except OSError as exc:
-            problems.append(ConfigError("upstream.url", f"{server.url}: {exc}"))
+            problems.append(ConfigError(key, f"{server.url}: {exc}"))
         else:
             print(f"upstream {server.url} -> {', '.join(addresses)}")
     return problems
@@ -228,7 +315,7 @@ def _probe(args: argparse.Namespace) -> int:
     url: str = args.url
     ws_path: str | None = args.ws
     timeout: float = args.timeout
-    return probe_main(url, ws_path, timeout)
+    return probe_main(url, ws_path, timeout, cacert=args.cacert, insecure=args.insecure)
 
 
 def build_kind() -> str:

@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -20,7 +21,9 @@ from dsproxy.app.runner import new_event_loop
 from dsproxy.config import (
     Config,
     Http2Config,
+    RouteConfig,
     ServerConfig,
+    TlsConfig,
     UpstreamConfig,
     UpstreamServer,
     WebSocketConfig,
@@ -30,6 +33,7 @@ from dsproxy.net.addr import Family, HostPort
 from dsproxy.observe.records import RequestRecord, TunnelRecord
 from dsproxy.proxy.server import ProxyServer
 from tests.support import ipv6_available
+from tests.tlsutil import TlsFiles, make_tls_files
 from tests.upstream_server import Upstream
 
 T = TypeVar("T")
@@ -84,6 +88,8 @@ class RecordingObserver:
         self.acquired: list[bool] = []
         self.opened: list[Family] = []
         self.closed: list[Family] = []
+        self.tls_failures: list[str] = []
+        self.certificates: list[float] = []  # notAfter of every certificate loaded
 
     def connection_opened(self, family: Family) -> None:
         self.opened.append(family)
@@ -114,6 +120,12 @@ class RecordingObserver:
 
     def websocket_closed(self, record: TunnelRecord) -> None:
         self.tunnels.append(record)
+
+    def tls_handshake_failed(self, reason: str) -> None:
+        self.tls_failures.append(reason)
+
+    def tls_certificate_loaded(self, not_after: float) -> None:
+        self.certificates.append(not_after)
 
 
 @pytest.fixture
@@ -194,6 +206,8 @@ class ProxyFactory:
         upstream_port: int | None = None,
         host: str | None = None,
         http2: dict[str, Any] | None = None,
+        routes: tuple[RouteConfig, ...] = (),
+        tls: TlsConfig | None = None,
     ) -> RunningProxy:
         """Start a proxy; ``server``/``upstream``/``websocket``/``http2`` override config fields."""
         if upstream_port is None:
@@ -209,7 +223,14 @@ class ProxyFactory:
         )
         ws_cfg = replace(WebSocketConfig(), **(websocket or {}))
         h2_cfg = replace(Http2Config(), **(http2 or {}))
-        cfg = Config(server=server_cfg, upstream=upstream_cfg, websocket=ws_cfg, http2=h2_cfg)
+        cfg = Config(
+            server=server_cfg,
+            upstream=upstream_cfg,
+            websocket=ws_cfg,
+            tls=tls or TlsConfig(),
+            routes=routes,
+            http2=h2_cfg,
+        )
         observer = RecordingObserver()
         srv = ProxyServer(cfg, observer)
         self.loop_thread.call(srv.start())
@@ -229,6 +250,12 @@ def proxy_factory(
     factory = ProxyFactory(loop_thread, parser, host, upstream)
     yield factory
     factory.stop_all()
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> TlsFiles:
+    """A CA and a certificate for localhost, 127.0.0.1 and ::1 (tls.crt, tls.key)."""
+    return make_tls_files(tmp_path)
 
 
 @pytest.fixture

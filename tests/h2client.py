@@ -98,9 +98,10 @@ class H2Peer:
     def request(
         self, path: str = "/", *, method: str = "GET", body: bytes | None = None,
         end: bool = True, extra: Fields | None = None, authority: str = "example.test",
+        scheme: str = "http",
     ) -> int:  # fmt: skip
         sid = self.conn.get_next_available_stream_id()
-        fields = request_fields(path, method, authority, extra=extra)
+        fields = request_fields(path, method, authority, scheme, extra=extra)
         self.conn.send_headers(sid, fields, end_stream=end and body is None)
         self.streams[sid] = StreamSeen()
         if body is not None:

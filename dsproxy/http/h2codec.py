@@ -45,6 +45,13 @@ CANCEL: Final = 0x8
 ENHANCE_YOUR_CALM: Final = 0xB
 HTTP_1_1_REQUIRED: Final = 0xD
 
+# RFC 9113 §3.4: what an HTTP/2 client sends first; preface_kind() says what a
+# cleartext connection's first bytes are.
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+NOT_PREFACE: Final = 0
+PREFACE_SO_FAR: Final = 1  # the beginning of the preface: wait for more
+IS_PREFACE: Final = 2
+
 MAX_STREAM_ID: Final = 2**31 - 1
 MAX_WINDOW_BYTES: Final = 2**31 - 1
 DEFAULT_WINDOW_BYTES: Final = 65535  # RFC 9113 §6.9.2
@@ -84,6 +91,14 @@ def server_codec(http2: Http2Config) -> H2Connection:
     if window > DEFAULT_WINDOW_BYTES:
         h2.increment_flow_control_window(window - DEFAULT_WINDOW_BYTES)
     return h2
+
+
+def preface_kind(seen: bytes) -> int:
+    """NOT_PREFACE, PREFACE_SO_FAR or IS_PREFACE for a connection's first ``seen`` bytes."""
+    n = len(PREFACE)
+    if seen[:n] != PREFACE[: len(seen)]:
+        return NOT_PREFACE
+    return IS_PREFACE if len(seen) >= n else PREFACE_SO_FAR
 
 
 def _frame(ftype: int, payload: bytes) -> bytes:

@@ -44,8 +44,6 @@ from dsproxy.http.codec.base import Headers, RequestHead, ResponseHead
 from dsproxy.http.framing import tokens
 from dsproxy.http.rules import HOP_BY_HOP
 
-# RFC 9113 §3.4: what a client sends first.
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HTTP2_VERSION = b"2.0"  # RequestHead.version of a request that came over HTTP/2
 
 # RFC 7541 §4.1 / RFC 9113 §6.5.2: the size of a field in a header list.

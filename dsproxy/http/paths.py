@@ -100,10 +100,3 @@ def normalise_prefix(prefix: str) -> str:
     """A route prefix as it is matched: no trailing ``/`` (``/api/`` is ``/api``), ``/`` kept."""
     stripped = prefix.rstrip("/")
     return stripped or "/"
-
-
-def prefix_matches(prefix: bytes, path: bytes) -> bool:
-    """``prefix`` (normalised) matches whole path segments of ``path`` (normalised)."""
-    if not path.startswith(prefix):
-        return False
-    return len(path) == len(prefix) or prefix == b"/" or path[len(prefix)] == 0x2F

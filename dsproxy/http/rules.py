@@ -77,9 +77,6 @@ class HeaderRules:
     set: tuple[tuple[bytes, bytes], ...] = ()  # replaces every field of that name
     drop: frozenset[bytes] = frozenset()  # lower-cased: the names removed, and those set
 
-    def __bool__(self) -> bool:
-        return bool(self.drop)
-
     def apply(self, headers: Headers) -> Headers:
         drop = self.drop
         out = [(n, v) for n, v in headers if n.lower() not in drop]
@@ -87,15 +84,18 @@ class HeaderRules:
         return out
 
 
-def header_rules(set_: dict[str, str], remove: tuple[str, ...]) -> HeaderRules:
-    """``HeaderRules`` from a route's ``*_headers_set`` table and ``*_headers_remove`` list."""
+def header_rules(set_: dict[str, str], remove: tuple[str, ...]) -> HeaderRules | None:
+    """``HeaderRules`` from a route's ``*_headers_set`` table and ``*_headers_remove`` list.
+
+    None when there are none (the usual case costs one ``is None`` per request).
+    """
+    if not set_ and not remove:
+        return None
     pairs = tuple((name.encode("ascii"), value.encode("latin-1")) for name, value in set_.items())
     names = {name.lower().encode("ascii") for name in remove}
     names.update(name.lower() for name, _ in pairs)
     return HeaderRules(pairs, frozenset(names))
 
-
-NO_RULES = HeaderRules()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +104,7 @@ class UpstreamTarget:
 
     authority: bytes  # "host:port" of the upstream (its first server)
     preserve_host: bool  # upstream.host_header == "preserve"
-    request_rules: HeaderRules = NO_RULES  # the route's request header rules
+    request_rules: HeaderRules | None = None  # the route's request header rules
 
 
 # RFC 9110 §5.6.2 tchar: a Forwarded value made only of these needs no quotes.
@@ -270,8 +270,9 @@ def build_upstream_request(
     if websocket:
         out.append((b"Upgrade", b"websocket"))
         out.append((b"Connection", b"upgrade"))
-    if target.request_rules:
-        out = target.request_rules.apply(out)
+    rules = target.request_rules
+    if rules is not None:
+        out = rules.apply(out)
     chunked = head.chunked
     if chunked:
         out.append((b"Transfer-Encoding", b"chunked"))

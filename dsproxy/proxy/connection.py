@@ -27,7 +27,7 @@ from typing import Final, cast
 import dsproxy.http.codec.wire as wire
 from dsproxy.errors import ClientError, ProxyError
 from dsproxy.http.codec.base import Headers, RequestHead, ResponseHead, ServerCodec
-from dsproxy.http.h2map import PREFACE
+from dsproxy.http.h2codec import IS_PREFACE, NOT_PREFACE, PREFACE_SO_FAR, preface_kind
 from dsproxy.http.rules import (
     ClientContext,
     build_client_response,
@@ -65,8 +65,10 @@ UNPARSED_REQUEST = RequestHead(b"-", b"-", b"1.1", [], False, None, False, None,
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, client: tuple[str, int] | None = None) -> None:
+        """``client``: the client's address when not the socket's peer (a PROXY header's)."""
         self.shared = shared
+        self._client_address = client
         cfg = shared.config.server
         self.header_timeout = cfg.header_timeout
         self.body_timeout = cfg.body_timeout
@@ -112,7 +114,7 @@ class ClientConnection(asyncio.Protocol):
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
         self._reading.transport = transport
-        peer = transport.get_extra_info("peername") or ("", 0)
+        peer = self._client_address or transport.get_extra_info("peername") or ("", 0)
         self.client_ip = normalise_ip(str(peer[0]))
         self.client_port = int(peer[1]) if len(peer) > 1 else 0
         self.family = family_of(self.client_ip)
@@ -125,8 +127,14 @@ class ClientConnection(asyncio.Protocol):
             self.client_key = key
             self._limits = limits
         sock = transport.get_extra_info("sockname") or ("", 0)
+        tls = transport.get_extra_info("ssl_object")
         self.ctx = client_context(
-            self.client_ip, str(sock[0]), int(sock[1]) if len(sock) > 1 else 0, shared.config.server
+            self.client_ip,
+            str(sock[0]),
+            int(sock[1]) if len(sock) > 1 else 0,
+            shared.config.server,
+            # A TLS listener hands over its TLS transport (proxy/tlsfront.py).
+            tls=tls is not None,
         )
         shared.connections.add(self)
         self.counted = True
@@ -135,24 +143,11 @@ class ClientConnection(asyncio.Protocol):
         self._idle_since = now
         self._head_started = now  # the first head is due header_timeout after accept
         self.arm(now + self.header_timeout)
-        tls = transport.get_extra_info("ssl_object")
         if tls is not None and tls.selected_alpn_protocol() == "h2":
             self._to_h2(b"")
 
-    def _first_bytes(self, data: bytes) -> bytes:
-        """The first bytes: the HTTP/2 preface (RFC 9113 §3.4) goes to the HTTP/2 host."""
-        seen = (self._first or b"") + data
-        if seen[: len(PREFACE)] != PREFACE[: len(seen)]:
-            self._first = None
-            return seen
-        self._first = seen
-        if len(seen) >= len(PREFACE):
-            self._first = None
-            self._to_h2(seen)
-        return b""
-
     def _to_h2(self, data: bytes) -> None:
-        """Hand the transport and its accounting over to HTTP/2 (which refuses it without h2c)."""
+        """Hand the transport and its accounting to HTTP/2 (ALPN h2, or the preface: h2c)."""
         self.state = CLOSED
         self._timer.cancel()
         self.counted = False
@@ -170,9 +165,13 @@ class ClientConnection(asyncio.Protocol):
         arm_head = False
         exchange = self.exchange
         if exchange is None:
-            if self._first is not None:
-                data = self._first_bytes(data)
-                if not data:
+            if self._first is not None:  # the connection's first bytes: the HTTP/2 preface?
+                data = self._first + data
+                kind = preface_kind(data)
+                self._first = data if kind == PREFACE_SO_FAR else None
+                if kind != NOT_PREFACE:
+                    if kind == IS_PREFACE:
+                        self._to_h2(data)
                     return
             if not self._head_started:
                 self._head_started = now
@@ -226,7 +225,8 @@ class ClientConnection(asyncio.Protocol):
         self.state = ACTIVE
         self._head_started = 0.0
         shared = self.shared
-        router = shared.router
+        # After a reload: the new configuration's routes and pools (see Shared.successor).
+        router = shared.newest().router if shared.draining else shared.router
         route = router.only
         if route is None:
             try:

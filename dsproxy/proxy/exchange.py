@@ -216,7 +216,7 @@ class Exchange:
             return
         status = head.status
         rules = self.route.response_rules
-        if rules:
+        if rules is not None:
             head.headers = rules.apply(head.headers)
         if status < 200:
             if status == 101:  # the codec refused one the request did not ask for

@@ -67,7 +67,9 @@ def on_request(conn: Http2Connection, ev: RequestReceived) -> None:
     conn.streams[sid] = stream
     conn.served = True
     head = req.head
-    router = conn.shared.router
+    shared = conn.shared
+    # After a reload: the new configuration's routes and pools (see Shared.successor).
+    router = shared.newest().router if shared.draining else shared.router
     route = router.only
     if route is None:
         try:

@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Protocol
 
 from dsproxy.config import UpstreamConfig, UpstreamServer
@@ -346,8 +346,8 @@ class UpstreamPool:
 class PoolRegistry:
     """The pools of one worker's configuration, keyed by upstream group."""
 
-    def __init__(self, pools: dict[str, ManagedPool]) -> None:
-        self._pools = pools
+    def __init__(self, pools: Mapping[str, ManagedPool]) -> None:
+        self._pools = dict(pools)
 
     def get(self, group: str) -> ManagedPool:
         return self._pools[group]

@@ -17,9 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dsproxy.config import Config, RouteConfig, UpstreamConfig
-from dsproxy.http.paths import prefix_matches, route_path
-from dsproxy.http.rules import NO_RULES, HeaderRules, UpstreamTarget, header_rules
+from dsproxy.http.paths import route_path
+from dsproxy.http.rules import HeaderRules, UpstreamTarget, header_rules
 from dsproxy.proxy.pool import DEFAULT_GROUP, Pool, PoolRegistry
+
+# What may follow a matching prefix: the end of a segment (or of the path, at "?").
+_SEGMENT_END = b"/?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +33,7 @@ class Route:
     read_timeout: float  # inactivity waiting for upstream bytes -> 504
     send_timeout: float  # inactivity writing to the upstream -> 504
     websocket_idle_timeout: float  # no bytes either way in a tunnel -> close (0 = never)
-    response_rules: HeaderRules = NO_RULES  # applied to the upstream's responses
+    response_rules: HeaderRules | None = None  # applied to the upstream's responses
 
 
 class Router:
@@ -50,16 +53,28 @@ class Router:
 
     def route(self, target: bytes) -> Route:
         """The route of a request target; raises ClientError (400) for a path above ``/``."""
-        path = route_path(target)
+        # Byte values, not b"%" in target: an int needle is the fast form of "in".
+        if (
+            not target
+            or target[0] != 0x2F
+            or 0x25 in target
+            or 0x2E in target
+            or (target.find(b"//") >= 0)
+        ):
+            path = route_path(target)  # escapes ("%"), dot-segments ("."), "//", absolute-form
+        else:
+            path = target  # already normal; a prefix may end at "/", "?" or the end
         for prefix, route in self._routes:
-            if prefix_matches(prefix, path):
-                return route
+            if path.startswith(prefix):
+                end = len(prefix)
+                if len(path) == end or path[end] in _SEGMENT_END:
+                    return route
         return self.default
 
 
 def _route(name: str, pool: Pool, upstream: UpstreamConfig, ws_idle: float,
            route: RouteConfig | None) -> Route:  # fmt: skip
-    request_rules = response_rules = NO_RULES
+    request_rules = response_rules = None
     if route is not None:
         request_rules = header_rules(dict(route.request_headers_set), route.request_headers_remove)
         response_rules = header_rules(

@@ -14,29 +14,25 @@ import hashlib
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 import wsproto.events as wse
 from h2.settings import SettingCodes
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 
-from dsproxy.http.h2codec import HTTP_1_1_REQUIRED
-from dsproxy.http.h2map import PREFACE
-from dsproxy.proxy.connection import ClientConnection
+from dsproxy.http.h2codec import HTTP_1_1_REQUIRED, PREFACE
 from dsproxy.proxy.h2connection import Http2Connection
 from dsproxy.proxy.h2stream import STREAM_BUFFER_BYTES
 from tests.conftest import LoopThread, ProxyFactory, RunningProxy, still_serving, wait_for
 from tests.h2client import H2Peer, H2Socket, StreamSeen
+from tests.integration.test_tls import TlsProxy
+from tests.integration.test_tls import start as start_tls
+from tests.tlsutil import TlsFiles
 from tests.upstream_server import pattern_sha256
 
 H2C = {"h2c": True}
@@ -134,86 +130,55 @@ def test_curl_prior_knowledge_without_h2c_fails_cleanly(proxy: RunningProxy) -> 
 
 
 # ------------------------------------------------------------------------------- TLS + ALPN
-@dataclass
-class TlsListener:
-    port: int
-    ca_file: Path
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(context)
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    ca_file = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    return context, ca_file
-
-
 @pytest.fixture
-def tls(
-    proxy: RunningProxy, loop_thread: LoopThread, certificates: tuple[ssl.SSLContext, Path]
-) -> Iterator[TlsListener]:
-    """A TLS listener in front of the proxy's own client connections (ALPN h2, http/1.1)."""
-    context, ca_file = certificates
-    shared = proxy.server.shared
-
-    async def start() -> asyncio.Server:
-        loop = asyncio.get_running_loop()
-        return await loop.create_server(
-            lambda: ClientConnection(shared), proxy.host, 0, ssl=context
-        )
-
-    server = loop_thread.call(start())
-    port = server.sockets[0].getsockname()[1]
-    yield TlsListener(port, ca_file)
-
-    async def stop() -> None:
-        server.close()
-        for conn in list(shared.connections):
-            conn.abort()
-
-    loop_thread.call(stop())
+def tls(proxy_factory: ProxyFactory, tls_files: TlsFiles) -> TlsProxy:
+    """The proxy's TLS listener (ALPN h2, http/1.1) beside its cleartext one (no h2c)."""
+    return start_tls(proxy_factory, tls_files, header_timeout=5.0)
 
 
-def tls_url(proxy: RunningProxy, tls: TlsListener, path: str) -> str:
-    host = f"[{proxy.host}]" if ":" in proxy.host else proxy.host
-    return f"https://{host}:{tls.port}{path}"
-
-
-def test_alpn_h2_over_tls(proxy: RunningProxy, tls: TlsListener) -> None:
-    verify = ssl.create_default_context(cafile=str(tls.ca_file))
-    with httpx.Client(http2=True, verify=verify, timeout=10) as client:
-        got = client.get(tls_url(proxy, tls, "/echo?tls=1"))
+def test_alpn_h2_over_tls(tls: TlsProxy) -> None:
+    with tls.client(http2=True) as client:
+        got = client.get(f"{tls.url}/echo?tls=1")
         assert got.http_version == "HTTP/2"
-        assert got.json()["target"] == "/echo?tls=1"
-    with httpx.Client(http2=False, verify=verify, timeout=10) as client:
-        assert client.get(tls_url(proxy, tls, "/echo")).http_version == "HTTP/1.1"
-    assert wait_for(lambda: len(proxy.observer.requests) == 2)
-    assert h2_records(proxy) == ["h2", "http1"]
+        echo = got.json()
+        assert echo["target"] == "/echo?tls=1"
+        assert {n.lower(): v for n, v in echo["headers"]}["x-forwarded-proto"] == "https"
+    with tls.client(http2=False) as client:
+        assert client.get(f"{tls.url}/echo").http_version == "HTTP/1.1"
+    assert wait_for(lambda: len(tls.proxy.observer.requests) == 2)
+    assert h2_records(tls.proxy) == ["h2", "http1"]
 
 
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")
-def test_curl_http2_over_tls(proxy: RunningProxy, tls: TlsListener) -> None:
+def test_curl_http2_over_tls(tls: TlsProxy) -> None:
     done = subprocess.run(
-        [str(CURL), "-sS", "--http2", "--cacert", str(tls.ca_file), "-o", "/dev/null",
-         "-w", "%{http_version} %{http_code} %{size_download}",
-         tls_url(proxy, tls, "/stream?n=250000")],
+        [str(CURL), "-sS", "--http2", "--cacert", str(tls.files.ca_file), "-o", "/dev/null",
+         "-w", "%{http_version} %{http_code} %{size_download}", f"{tls.url}/stream?n=250000"],
         capture_output=True, text=True, timeout=20, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout == "2 200 250000"
 
 
-def test_raw_h2_client_over_tls(proxy: RunningProxy, tls: TlsListener) -> None:
-    context = ssl.create_default_context(cafile=str(tls.ca_file))
-    context.set_alpn_protocols(["h2"])
-    client = H2Socket((proxy.host, tls.port), ssl_context=context)
+@pytest.mark.skipif(H2LOAD is None, reason="h2load (nghttp2-client) is not installed")
+def test_h2load_over_tls(tls: TlsProxy) -> None:
+    done = subprocess.run(
+        [str(H2LOAD), "-n", "300", "-c", "3", "-m", "20", f"{tls.url}/echo"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "300 succeeded, 0 failed, 0 errored" in done.stdout, done.stdout + done.stderr
+    assert "Application protocol: h2" in done.stdout
+
+
+def test_raw_h2_client_over_tls(tls: TlsProxy) -> None:
+    client = H2Socket(
+        (tls.host, tls.tls_port),
+        ssl_context=tls.files.client_context(alpn=("h2",)),
+        server_hostname=tls.host,
+    )
     try:
         assert client.sock.selected_alpn_protocol() == "h2"  # type: ignore[attr-defined]
-        sid = client.peer.request("/echo", authority="localhost")
+        sid = client.peer.request("/echo", authority="localhost", scheme="https")
         client.send()
         assert client.pump(lambda p: p.streams[sid].ended)
         assert client.peer.streams[sid].status == 200

@@ -14,8 +14,15 @@ from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, PingFrame, Se
 
 from dsproxy.config import Config, ServerConfig, UpstreamConfig
 from dsproxy.http.codec import get_codec
-from dsproxy.http.h2codec import CANCEL, HTTP_1_1_REQUIRED, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM
-from dsproxy.http.h2map import PREFACE, websocket_accept
+from dsproxy.http.h2codec import (
+    CANCEL,
+    HTTP_1_1_REQUIRED,
+    NO_ERROR,
+    PREFACE,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+)
+from dsproxy.http.h2map import websocket_accept
 from dsproxy.net.addr import HostPort
 from dsproxy.proxy.connection import ClientConnection
 from dsproxy.proxy.h2connection import DRAIN_PING_SECONDS, Http2Connection

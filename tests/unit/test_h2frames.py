@@ -7,6 +7,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dsproxy.http.h2codec import PREFACE
 from dsproxy.http.h2frames import (
     CONTROL_FLOOD,
     HEADER_BLOCK_TOO_LARGE,
@@ -16,7 +17,6 @@ from dsproxy.http.h2frames import (
     FrameGuard,
     TokenBucket,
 )
-from dsproxy.http.h2map import PREFACE
 
 
 def frame(ftype: int, flags: int = 0, stream: int = 1, payload: bytes = b"") -> bytes:
