@@ -19,7 +19,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, RstStreamFrame
 
 Fields = list[tuple[bytes, bytes]]
 
@@ -93,7 +93,10 @@ class H2Peer:
         self.gone = False  # h2 saw a GOAWAY and will not read on
 
     def outgoing(self) -> bytes:
-        return self.conn.data_to_send()
+        data = self.conn.data_to_send()
+        # After a GOAWAY h2 refuses what follows it (a PING, a stream's frames) with a
+        # GOAWAY of its own; a real client does not: keep it from the server.
+        return b"" if self.gone else data
 
     def request(
         self, path: str = "/", *, method: str = "GET", body: bytes | None = None,
@@ -176,6 +179,12 @@ class H2Peer:
         settings.max_concurrent_streams = 2**31 - 1
         settings.max_header_list_size = 2**31 - 1
         settings.acknowledge()
+
+    def data_frames(self, sid: int) -> tuple[bytes, bool]:
+        """(the DATA of stream ``sid``, END_STREAM seen) from the frames received: what
+        came after a GOAWAY too, which h2 no longer reads."""
+        frames = [f for f in self.frames if isinstance(f, DataFrame) and f.stream_id == sid]
+        return b"".join(f.data for f in frames), any("END_STREAM" in f.flags for f in frames)
 
     def goaway_codes(self) -> list[int]:
         return [f.error_code for f in self.frames if isinstance(f, GoAwayFrame)]

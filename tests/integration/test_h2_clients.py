@@ -379,3 +379,27 @@ def test_large_upload_is_acknowledged_only_as_the_upstream_takes_it(
     finally:
         client.close()
         upstream.close()
+
+
+# ------------------------------------------------------------------------ shutting down
+def test_shutdown_lets_streams_in_flight_finish(
+    proxy_factory: ProxyFactory, loop_thread: LoopThread
+) -> None:
+    proxy = proxy_factory(server=H2C)
+    client = H2Socket(proxy.address)
+    try:
+        sid = client.peer.request("/slow?delay=0.6")
+        client.send()
+        assert wait_for(lambda: len(proxy.server.shared.connections) == 1)
+        time.sleep(0.1)  # the request is with the upstream
+        done = asyncio.run_coroutine_threadsafe(proxy.server.shutdown(grace=5.0), loop_thread.loop)
+        # (h2 as a client reads nothing after a GOAWAY: the frames tell.)
+        assert client.pump(lambda p: p.data_frames(sid)[1], timeout=5)
+        assert client.peer.data_frames(sid) == (b"slow", True)
+        # This client never answers the PING: the second GOAWAY comes a second later.
+        client.pump(lambda p: False, timeout=3)
+        assert client.closed
+        assert client.peer.goaway_last_ids() == [2**31 - 1, sid]  # the two-step GOAWAY
+        done.result(timeout=5)
+    finally:
+        client.close()
