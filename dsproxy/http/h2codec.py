@@ -101,6 +101,19 @@ def preface_kind(seen: bytes) -> int:
     return IS_PREFACE if len(seen) >= n else PREFACE_SO_FAR
 
 
+def first_bytes(first: bytes, data: bytes) -> tuple[bytes | None, bytes, bool]:
+    """A cleartext connection's first bytes so far: ``first`` + ``data``.
+
+    Returns (what to keep looking at, None once decided; what to parse as HTTP/1.1, or
+    the bytes to hand to HTTP/2; True when they are the preface).
+    """
+    seen = first + data
+    kind = preface_kind(seen)
+    if kind == PREFACE_SO_FAR:
+        return seen, b"", False
+    return None, seen, kind == IS_PREFACE
+
+
 def _frame(ftype: int, payload: bytes) -> bytes:
     """A frame on stream 0 without flags (RFC 9113 §4.1)."""
     return struct.pack(">I", len(payload))[1:] + bytes((ftype, 0)) + b"\x00\x00\x00\x00"

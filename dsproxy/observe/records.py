@@ -57,7 +57,6 @@ class RequestRecord:
         "upstream_duration",
         "error",
         "route",
-        "protocol",
         "_fields",
     )
 
@@ -76,7 +75,6 @@ class RequestRecord:
         upstream_duration: float | None,  # seconds from upstream request sent to response end
         error: str | None,  # ProxyError.kind when the proxy answered or aborted
         route: str = "default",  # the route's name ([[routes]] name, or "default")
-        protocol: str = "http1",  # the client's protocol: "http1" | "h2"
     ) -> None:
         self.client_ip = client_ip
         self.client_port = client_port
@@ -91,7 +89,6 @@ class RequestRecord:
         self.upstream_duration = upstream_duration
         self.error = error
         self.route = route
-        self.protocol = protocol
         self._fields: tuple[str, str, str] | None = None
 
     @property
@@ -101,6 +98,11 @@ class RequestRecord:
     @property
     def target(self) -> str:
         return self.head.target.decode("latin-1")
+
+    @property
+    def protocol(self) -> str:
+        """The client's protocol: ``"h2"`` (an HTTP/2 stream: version ``2.0``) or ``"http1"``."""
+        return "h2" if self.head.version == b"2.0" else "http1"
 
     @property
     def http_version(self) -> str:

@@ -368,7 +368,6 @@ class Exchange:
                 (now - upstream_started) if upstream_started else None,
                 error,
                 self.route.name,
-                host.protocol,
             )
         )
 

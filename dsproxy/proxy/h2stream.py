@@ -63,7 +63,7 @@ class H2Stream:
 
     __slots__ = (
         "conn", "h2", "sid", "exchange", "relay", "ws_key", "early", "ctx", "client_ip",
-        "client_port", "family", "observer", "body_timeout", "protocol", "clock", "arm", "paused",
+        "client_port", "family", "observer", "body_timeout", "clock", "arm", "paused",
         "unacked",
         "request_open", "trailers_in", "head_out", "out", "out_bytes", "end_queued",
         "trailers_out", "ended", "closed", "upstream_paused", "progress_at", "reset_after_end",
@@ -84,7 +84,6 @@ class H2Stream:
         self.family = conn.family
         self.observer = conn.observer
         self.body_timeout = conn.body_timeout
-        self.protocol = "h2"
         self.clock = conn.clock
         self.arm = conn.arm
         # Request direction.

@@ -33,7 +33,6 @@ class ExchangeHost(Protocol):
     family: Family
     observer: Observer
     body_timeout: float  # client inactivity while sending the body / reading the response
-    protocol: str  # "http1" | "h2": recorded with every request (metrics, access log)
 
     @property
     def reading_paused(self) -> bool:

@@ -253,7 +253,7 @@ def test_json_without_upstream() -> None:
 
 
 def test_http2_requests_say_so() -> None:
-    record = request(http_version="2.0", protocol="h2", start_time=END_TIME - 0.5, duration=0.5)
+    record = request(http_version="2.0", start_time=END_TIME - 0.5, duration=0.5)
     assert '"GET / HTTP/2.0" 200' in combined(record)
     entry = as_json(record)
     assert (entry["protocol"], entry["version"]) == ("h2", "2.0")

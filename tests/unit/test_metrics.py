@@ -133,8 +133,8 @@ def test_requests_by_code_and_family(metrics: Metrics) -> None:
 
 def test_requests_by_protocol(metrics: Metrics) -> None:
     metrics.request_done(request())
-    metrics.request_done(request(http_version="2.0", protocol="h2"))
-    metrics.request_done(request(http_version="2.0", protocol="h2"))
+    metrics.request_done(request(http_version="2.0"))
+    metrics.request_done(request(http_version="2.0"))
     assert requests(metrics, "200") == 1
     assert requests(metrics, "200", protocol="h2") == 2
 
