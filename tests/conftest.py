@@ -20,6 +20,7 @@ import pytest
 from dsproxy.app.runner import new_event_loop
 from dsproxy.config import (
     Config,
+    Http2Config,
     RouteConfig,
     ServerConfig,
     TlsConfig,
@@ -204,10 +205,11 @@ class ProxyFactory:
         websocket: dict[str, Any] | None = None,
         upstream_port: int | None = None,
         host: str | None = None,
+        http2: dict[str, Any] | None = None,
         routes: tuple[RouteConfig, ...] = (),
         tls: TlsConfig | None = None,
     ) -> RunningProxy:
-        """Start a proxy; ``server``/``upstream``/``websocket`` override config fields."""
+        """Start a proxy; ``server``/``upstream``/``websocket``/``http2`` override config fields."""
         if upstream_port is None:
             assert self.upstream is not None
             upstream_port = self.upstream.port
@@ -220,12 +222,14 @@ class ProxyFactory:
             **(upstream or {}),
         )
         ws_cfg = replace(WebSocketConfig(), **(websocket or {}))
+        h2_cfg = replace(Http2Config(), **(http2 or {}))
         cfg = Config(
             server=server_cfg,
             upstream=upstream_cfg,
             websocket=ws_cfg,
             tls=tls or TlsConfig(),
             routes=routes,
+            http2=h2_cfg,
         )
         observer = RecordingObserver()
         srv = ProxyServer(cfg, observer)

@@ -86,6 +86,11 @@ class Http2Config:
     max_concurrent_streams: int = 100
     max_header_list_bytes: int = 65536  # decoded header list (HPACK bombs stop here)
     websocket: bool = True  # RFC 8441 extended CONNECT
+    stream_window_bytes: int = 262144  # request body a stream may send ahead of the upstream
+    reset_rate: float = 50.0  # stream resets per second per connection (client's + provoked)
+    reset_burst: int = 200
+    control_frame_rate: float = 200.0  # SETTINGS, PING, PRIORITY, empty frames per second
+    control_frame_burst: int = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,6 +129,35 @@ def _parse_rate(key: str, value: object) -> float:
     return float(value)
 
 
+def _parse_frame_rate(key: str, value: object) -> float:
+    """Frames (or stream resets) per second > 0, fractions allowed."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(key, f"must be a number per second > 0, got {_show(value)}")
+    return float(value)
+
+
+# RFC 9113 §6.5.2: SETTINGS_INITIAL_WINDOW_SIZE is at most 2^31-1; below the RFC's
+# default of 65535 an upload would crawl.
+MIN_WINDOW_BYTES = 65535
+MAX_WINDOW_BYTES = 2**31 - 1
+
+
+def _parse_window(key: str, value: object) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not MIN_WINDOW_BYTES <= value <= MAX_WINDOW_BYTES
+    ):
+        bounds = f"from {MIN_WINDOW_BYTES} to {MAX_WINDOW_BYTES}"
+        raise ConfigError(key, f"must be an integer {bounds}, got {_show(value)}")
+    return value
+
+
 def _parse_ipv6_prefix(key: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
         raise ConfigError(key, f"must be an IPv6 prefix length from 1 to 128, got {_show(value)}")

@@ -125,6 +125,16 @@ def _request_line(method: str, target: str, http_version: str) -> str:
     return f"{method} {target}"
 
 
+def _tunnel_line(r: TunnelRecord) -> str:
+    if r.protocol == "h2":  # RFC 8441: an extended CONNECT, answered 200
+        return _request_line("CONNECT", r.target, "2.0")
+    return _request_line("GET", r.target, "1.1")
+
+
+def _tunnel_status(r: TunnelRecord) -> int:
+    return 200 if r.protocol == "h2" else 101
+
+
 # POSIX guarantees writes up to PIPE_BUF (4096 on Linux) to a pipe are atomic.
 PIPE_BUF_BYTES = 4096
 
@@ -170,7 +180,8 @@ class AccessLog(NullObserver):
             f'"version":{q(r.http_version)},"host":{q(r.host)},"status":{r.status:d},'
             f'"bytes_sent":{r.bytes_sent:d},"bytes_received":{r.bytes_received:d},'
             f'"duration":{_json_seconds(r.duration)},'
-            f'"route":{q(r.route)},"upstream":{_json_str_or_null(r.upstream_addr)},'
+            f'"route":{q(r.route)},"protocol":{q(r.protocol)},'
+            f'"upstream":{_json_str_or_null(r.upstream_addr)},'
             f'"upstream_duration":{_json_seconds(r.upstream_duration)},'
             f'"referer":{q(r.referer)},"user_agent":{q(r.user_agent)},'
             f'"error":{_json_str_or_null(r.error)}}}'
@@ -179,7 +190,7 @@ class AccessLog(NullObserver):
     def tunnel_combined(self, r: TunnelRecord) -> str:
         return (
             f"{r.client_ip} - - [{self._clock.local(r.start_time + r.duration)}] "
-            f'"{escape(_request_line("GET", r.target, "1.1"))}" 101 {r.bytes_to_client} "-" '
+            f'"{escape(_tunnel_line(r))}" {_tunnel_status(r)} {r.bytes_to_client} "-" '
             f'"{_or_dash(r.user_agent)}"'
         )
 
@@ -190,14 +201,15 @@ class AccessLog(NullObserver):
             "client": r.client_ip,
             "client_port": r.client_port,
             "family": r.family,
-            "method": "GET",
+            "method": "CONNECT" if r.protocol == "h2" else "GET",
             "target": r.target,
             "host": r.host,
-            "status": 101,
+            "status": _tunnel_status(r),
             "bytes_sent": r.bytes_to_client,
             "bytes_received": r.bytes_from_client,
             "duration": round(r.duration, 6),
             "route": r.route,
+            "protocol": r.protocol,
             "upstream": r.upstream_addr,
             "user_agent": r.user_agent,
             "close_reason": r.close_reason,

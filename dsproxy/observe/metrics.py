@@ -206,8 +206,9 @@ class Metrics:
 
         self.requests_total = Counter(
             "dsproxy_requests_total",
-            "Requests answered, by status sent to the client, client address family and route.",
-            ["code", "family", "route"],
+            "Requests answered, by status sent to the client, client address family, route and"
+            " client protocol (http1, h2).",
+            ["code", "family", "route", "protocol"],
             registry=reg,
         )
         self.request_duration = Histogram(
@@ -289,7 +290,7 @@ class Metrics:
 
         # Pre-resolved children. Every bounded label value exists from the
         # start (so rate() sees the zero); request codes are added on first use.
-        self._requests: dict[tuple[int, str, str], Counter] = {}
+        self._requests: dict[tuple[int, str, str, str], Counter] = {}
         self._conn_active: dict[str, Gauge] = {
             f: self.connections_active.labels(f) for f in FAMILIES
         }
@@ -304,7 +305,7 @@ class Metrics:
         self._fresh = self.upstream_requests_total.labels("false")
         self._failed = False
         # Not yet flushed (see the module docstring).
-        self._pending_requests: dict[tuple[int, str, str], int] = {}
+        self._pending_requests: dict[tuple[int, str, str, str], int] = {}
         self._pending_bytes_received = 0
         self._pending_bytes_sent = 0
         self._pending_reused = 0
@@ -342,7 +343,7 @@ class Metrics:
 
     def request_done(self, record: RequestRecord) -> None:
         try:
-            key = (record.status, record.family, record.route)
+            key = (record.status, record.family, record.route, record.protocol)
             pending = self._pending_requests
             pending[key] = pending.get(key, 0) + 1
             self._durations.observe(record.duration)
@@ -363,9 +364,9 @@ class Metrics:
                 for key, count in pending.items():
                     child = self._requests.get(key)
                     if child is None:
-                        status, family, route = key
+                        status, family, route, protocol = key
                         child = self._requests[key] = self.requests_total.labels(
-                            _code_label(status), _family_label(family), route
+                            _code_label(status), _family_label(family), route, protocol
                         )
                     child.inc(count)
             if self._pending_bytes_received:

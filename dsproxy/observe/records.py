@@ -26,6 +26,8 @@ CLIENT_ERROR_KINDS = (
     "over_capacity",
     "too_many_connections",
     "rate_limited",
+    "http2_protocol_error",
+    "http2_flood",
     "proxy_protocol",  # no valid PROXY header in time, or a peer not allowed to send one
 )
 # Bounded label values for upstream_error(kind) (docs/configuration.md, metrics).
@@ -98,6 +100,11 @@ class RequestRecord:
         return self.head.target.decode("latin-1")
 
     @property
+    def protocol(self) -> str:
+        """The client's protocol: ``"h2"`` (an HTTP/2 stream: version ``2.0``) or ``"http1"``."""
+        return "h2" if self.head.version == b"2.0" else "http1"
+
+    @property
     def http_version(self) -> str:
         """``"1.1"`` / ``"1.0"``."""
         return self.head.version.decode("latin-1")
@@ -159,6 +166,7 @@ class TunnelRecord:
     close_reason: str  # client_closed | upstream_closed | idle_timeout | shutdown | error
     user_agent: str = ""  # the client's User-Agent on the upgrade request
     route: str = "default"  # the route's name
+    protocol: str = "http1"  # "h2": a WebSocket over an HTTP/2 stream (RFC 8441)
 
 
 class Observer(Protocol):

@@ -87,8 +87,11 @@ class AlpnHandler(Protocol):
 
 # ALPN protocol -> the client-side protocol that serves it; a connection without ALPN
 # is HTTP/1.1. Only protocols listed here are offered (in ALPN_PROTOCOLS' order, h2
-# first), so registering the HTTP/2 front end here is what turns "h2" on.
+# first), so registering the HTTP/2 front end here is what turns "h2" on. For "h2" a
+# ClientConnection does the connection's accounting, sees ALPN "h2" and hands the
+# transport to the HTTP/2 host (proxy/h2connection.py), as it does for the h2c preface.
 ALPN_HANDLERS: dict[str, AlpnHandler] = {
+    "h2": ClientConnection,
     "http/1.1": ClientConnection,
 }
 HTTP1 = "http/1.1"

@@ -118,7 +118,7 @@ def test_metrics_shows_counters(host: str, loop_factory: LoopFactory) -> None:
         response = await client.get(base + "/metrics")
         assert response.status_code == 200
         assert response.headers["content-type"] == CONTENT_TYPE_LATEST
-        sample = 'dsproxy_requests_total{code="404",family="ipv4",route="default"}'
+        sample = 'dsproxy_requests_total{code="404",family="ipv4",protocol="http1",route="default"}'
         assert f"{sample} 3.0" in response.text
         metrics.request_done(request(status=404))  # a live registry, not a snapshot
         response = await client.get(base + "/metrics?x=1")

@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 import h11
 import pytest
 
+from dsproxy.http.h2codec import HTTP_1_1_REQUIRED
 from tests.conftest import LoopThread, ProxyFactory, ResponseReader, RunningProxy, wait_for
+from tests.h2client import H2Peer
 from tests.upstream_server import Upstream
 
 READ_TIMEOUT_SECONDS = 5.0
@@ -354,7 +356,6 @@ PAYLOADS: dict[str, Payload] = {
         b"GET /echo?h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n" + LAST,
         Expect(((b"/echo?h2c", b""), *LAST_OK), None),
     ),
-    "http2-preface": Payload(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SMUGGLED, REFUSED_400),
     "nul-in-header": Payload(b"GET /echo?a HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", REFUSED_400),
     "bare-cr-in-header": Payload(
         b"GET /echo?a HTTP/1.1\r\nHost: x\r\nX: a\rTransfer-Encoding: chunked\r\n\r\n", REFUSED_400
@@ -409,6 +410,20 @@ def test_desync_payload(
         assert not names & {b"upgrade", b"http2-settings", b"te"}
         te = [v for n, v in request.headers if n == b"transfer-encoding"]
         assert te in ([], [b"chunked"])
+
+
+def test_http2_preface_without_h2c_is_told_http_1_1_required(
+    desync_proxy: RunningProxy, recorder: RecordingUpstream
+) -> None:
+    """Not an HTTP/1.1 400 a client would read as garbage: SETTINGS, then GOAWAY."""
+    with desync_proxy.connect(timeout=READ_TIMEOUT_SECONDS) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SMUGGLED)
+        answer = ResponseReader(sock).read_until_close()
+    peer = H2Peer()
+    peer.feed(answer)
+    assert peer.goaway_codes() == [HTTP_1_1_REQUIRED]
+    time.sleep(0.05)
+    assert recorder.heads == []
 
 
 # ----------------------------------------------------------------- bugs found here

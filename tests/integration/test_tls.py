@@ -131,10 +131,10 @@ def test_keep_alive_requests_share_one_tls_connection(tls: TlsProxy) -> None:
     assert wait_for(lambda: tls.proxy.server.connection_count == 0)
 
 
-def test_a_client_offering_h2_gets_http1_until_h2_is_registered(tls: TlsProxy) -> None:
+def test_a_client_offering_h2_gets_h2(tls: TlsProxy) -> None:
     with tls.client(http2=True) as client:
         response = client.get(f"{tls.url}/echo")
-    assert (response.status_code, response.http_version) == (200, "HTTP/1.1")
+    assert (response.status_code, response.http_version) == (200, "HTTP/2")
 
 
 def test_curl_over_tls(tls: TlsProxy) -> None:
@@ -146,7 +146,7 @@ def test_curl_over_tls(tls: TlsProxy) -> None:
          "-w", "%{http_code} %{http_version} %{ssl_verify_result}", f"{tls.url}/echo"],
         capture_output=True, text=True, timeout=15, check=False,
     )  # fmt: skip
-    assert (result.returncode, result.stdout) == (0, "200 1.1 0"), result.stderr
+    assert (result.returncode, result.stdout) == (0, "200 2 0"), result.stderr  # ALPN: h2
 
 
 def test_websocket_over_tls(tls: TlsProxy) -> None:
@@ -422,9 +422,9 @@ def test_probe_https_reports_tls_per_family(
     url = f"https://localhost:{tls_h11.tls_port}/echo"
     assert probe.main(url, "/ws", 3.0, cacert=tls_h11.files.ca_file) == 0
     rows = probe_rows(capsys.readouterr().out)
-    assert rows["ipv4"][:4] == ["127.0.0.1", "200", "TLSv1.3 http/1.1", "ok"]
+    assert rows["ipv4"][:4] == ["127.0.0.1", "200", "TLSv1.3 h2", "ok"]
     if IPV6:
-        assert rows["ipv6"][:4] == ["::1", "200", "TLSv1.3 http/1.1", "ok"]
+        assert rows["ipv6"][:4] == ["::1", "200", "TLSv1.3 h2", "ok"]
 
 
 def test_probe_https_verifies_the_certificate(
@@ -435,7 +435,7 @@ def test_probe_https_verifies_the_certificate(
     row = probe_rows(capsys.readouterr().out)["ipv4"]
     assert row[1] == "TLS: self-signed certificate in certificate chain", row
     assert probe.main(url, None, 3.0, insecure=True) == 0
-    assert probe_rows(capsys.readouterr().out)["ipv4"][1:3] == ["200", "TLSv1.3 http/1.1"]
+    assert probe_rows(capsys.readouterr().out)["ipv4"][1:3] == ["200", "TLSv1.3 h2"]
 
 
 def test_probe_reports_h2_and_still_gets_over_http1(

@@ -100,6 +100,13 @@ class FakeTransport:
         return data
 
 
+class FakeSSLObject:
+    """The ssl_object of a TLS transport whose handshake chose HTTP/1.1."""
+
+    def selected_alpn_protocol(self) -> str:
+        return "http/1.1"
+
+
 class FakePool:
     """Lends pre-made upstream connections; records what comes back."""
 
@@ -162,7 +169,7 @@ class Rig:
         self.proto = ClientConnection(self.shared)
         self.client = FakeTransport(("::ffff:192.0.2.10", 50000, 0, 0), ("::", 16980, 0, 0))
         if tls:  # what a TLS listener hands over: the transport of a finished handshake
-            self.client.extra["ssl_object"] = object()
+            self.client.extra["ssl_object"] = FakeSSLObject()
             self.client.eof_capable = False
         self.proto.connection_made(cast(asyncio.Transport, self.client))
 

@@ -212,6 +212,7 @@ def test_json_request_fields() -> None:
         "bytes_received": 7,
         "duration": 1.5,
         "route": "api",
+        "protocol": "http1",
         "upstream": "[::1]:18080",
         "upstream_duration": 1.25,
         "referer": 'r"ef',
@@ -249,6 +250,23 @@ def test_json_without_upstream() -> None:
     assert entry["upstream"] is None
     assert entry["upstream_duration"] is None
     assert entry["client"] == "10.0.0.1"
+
+
+def test_http2_requests_say_so() -> None:
+    record = request(http_version="2.0", start_time=END_TIME - 0.5, duration=0.5)
+    assert '"GET / HTTP/2.0" 200' in combined(record)
+    entry = as_json(record)
+    assert (entry["protocol"], entry["version"]) == ("h2", "2.0")
+
+
+def test_websocket_over_http2_is_an_extended_connect() -> None:
+    record = tunnel(start_time=END_TIME - 12.5, duration=12.5, protocol="h2")
+    assert combined(record).startswith(
+        '::1 - - [25/Nov/2026:07:55:01 +0000] "CONNECT /ws HTTP/2.0" 200 250 '
+    )
+    entry = as_json(record)
+    assert (entry["method"], entry["status"], entry["protocol"]) == ("CONNECT", 200, "h2")
+    assert as_json(tunnel())["protocol"] == "http1"
 
 
 def test_json_websocket_session() -> None:

@@ -119,6 +119,8 @@ COUNTS = [("server", "max_body_bytes", 0), ("upstream", "keepalive", 0)]
 POSITIVE_COUNTS = [
     ("http2", "max_concurrent_streams", 1),
     ("http2", "max_header_list_bytes", 1),
+    ("http2", "reset_burst", 1),
+    ("http2", "control_frame_burst", 1),
     ("server", "max_connections", 1),
     ("server", "max_header_bytes", 1),
     ("upstream", "keepalive_requests", 1),
@@ -203,6 +205,10 @@ VALID: list[tuple[str, str, str, str, object]] = [
     ("tls", "min_version", '"1.3"', "min_version", "1.3"),
     ("tls", "min_version", "1.3", "min_version", "1.3"),
     ("http2", "websocket", "false", "websocket", False),
+    ("http2", "stream_window_bytes", "65535", "stream_window_bytes", 65535),
+    ("http2", "stream_window_bytes", "2147483647", "stream_window_bytes", 2**31 - 1),
+    *[("http2", key, value, key, expected) for key in ("reset_rate", "control_frame_rate")
+      for value, expected in [("0.5", 0.5), ("200", 200.0)]],
     ("upstream", "host_header", '"preserve"', "host_header", "preserve"),
     ("upstream", "host_header", '"upstream"', "host_header", "upstream"),
     ("admin", "listen", '"127.0.0.1:9100"', "listen", HostPort("127.0.0.1", 9100)),
@@ -304,6 +310,12 @@ INVALID: list[tuple[str, str, str, str]] = [
     ("tls", "min_version", '"1.1"', "must be one of 1.2, 1.3, got '1.1'"),
     ("tls", "min_version", "1.0", "must be one of 1.2, 1.3, got '1'"),
     ("http2", "websocket", '"on"', "must be true or false, got 'on'"),
+    *[("http2", "stream_window_bytes", value,
+       f"must be an integer from 65535 to 2147483647, got {shown}")
+      for value, shown in [("65534", "65534"), ("2147483648", "2147483648"), ('"1m"', "'1m'")]],
+    *[("http2", key, value, f"must be a number per second > 0, got {shown}")
+      for key in ("reset_rate", "control_frame_rate")
+      for value, shown in [("0", "0"), ("-1", "-1"), ('"10/s"', "'10/s'"), ("true", "true")]],
     ("upstream", "url", "[]", "must list at least one URL"),
     ("upstream", "url", '""', "must be a URL like http://host:port, got ''"),
     ("upstream", "url", '"gateway:18080"', "must be a URL like http://host:port"),
