@@ -11,8 +11,12 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trustme
+
+if TYPE_CHECKING:
+    from tests.conftest import RunningProxy
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -81,3 +85,26 @@ def tls_connect(
     except BaseException:
         raw.close()
         raise
+
+
+@dataclass
+class TlsProxy:
+    """A running proxy's TLS listener, as the TLS tests reach it."""
+
+    proxy: RunningProxy
+    files: TlsFiles
+    tls_port: int
+
+    @property
+    def host(self) -> str:
+        return self.proxy.host
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.tls_port}"
+
+    def raw(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.tls_port), timeout=5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one send, one segment
+        return sock

@@ -30,27 +30,14 @@ from dsproxy.net.addr import HostPort
 from dsproxy.proxy import tlsfront
 from dsproxy.proxy.shared import Shared
 from dsproxy.tools import probe
-from tests.conftest import IPV6, LoopThread, ProxyFactory, RunningProxy, wait_for
+from tests import tlsutil
+from tests.conftest import IPV6, LoopThread, ProxyFactory, wait_for
 from tests.tlsutil import TlsFiles, make_tls_files, tls_connect
 
 HEAD_TIMEOUT_SECONDS = 0.4  # server.header_timeout: the handshake's deadline here
 
 
-@dataclasses.dataclass
-class TlsProxy:
-    proxy: RunningProxy
-    files: TlsFiles
-    tls_port: int
-
-    @property
-    def host(self) -> str:
-        return self.proxy.host
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"https://{host}:{self.tls_port}"
-
+class TlsProxy(tlsutil.TlsProxy):
     def client(self, **options: Any) -> httpx.Client:
         return httpx.Client(verify=self.files.client_context(), timeout=5, trust_env=False,
                             **options)  # fmt: skip
@@ -58,9 +45,6 @@ class TlsProxy:
     def connect(self, context: ssl.SSLContext | None = None) -> ssl.SSLSocket:
         context = context or self.files.client_context()
         return tls_connect(self.host, self.tls_port, context, server_hostname=self.host)
-
-    def raw(self) -> socket.socket:
-        return socket.create_connection((self.host, self.tls_port), timeout=5)
 
 
 def start(

@@ -29,7 +29,8 @@ import pytest
 from dsproxy.config import TlsConfig
 from dsproxy.net.addr import HostPort
 from fuzz.proxyproto_harness import tlv, v1, v1_unknown, v2
-from tests.conftest import LoopThread, ProxyFactory, ResponseReader, RunningProxy, wait_for
+from tests import tlsutil
+from tests.conftest import LoopThread, ProxyFactory, ResponseReader, wait_for
 from tests.tlsutil import TlsFiles, make_tls_files
 from tests.upstream_server import Upstream
 
@@ -39,26 +40,7 @@ DEST4, DEST6 = HostPort("192.0.2.80", 443), HostPort("2001:db8::80", 443)
 REQUEST = b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
-@dataclasses.dataclass
-class TlsProxy:
-    proxy: RunningProxy
-    files: TlsFiles
-    tls_port: int
-
-    @property
-    def host(self) -> str:
-        return self.proxy.host
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"https://{host}:{self.tls_port}"
-
-    def raw(self) -> socket.socket:
-        sock = socket.create_connection((self.host, self.tls_port), timeout=5)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one send, one segment
-        return sock
-
+class TlsProxy(tlsutil.TlsProxy):
     def client(self, context: ssl.SSLContext | None = None) -> BioClient:
         return BioClient(self.raw(), context or self.files.client_context(), self.host)
 
