@@ -83,6 +83,16 @@ class Peer(ServedConnection, Protocol):
 
 
 class Http2Connection(asyncio.Protocol):
+    # Slotted: attribute access on the per-stream path stays fast however many there are.
+    __slots__ = (
+        "shared", "header_timeout", "body_timeout", "keepalive_timeout", "max_body_bytes",
+        "max_streams", "max_header_list_bytes", "websocket", "observer", "loop", "clock",
+        "transport", "h2", "streams", "blocked", "guard", "state", "last_stream_id",
+        "client_ip", "client_port", "family", "ctx", "client_key", "limits", "counted",
+        "_timer", "arm", "_receiving", "_flush_due", "now", "write_paused_at", "_idle_since",
+        "served", "_drain_at",
+    )  # fmt: skip
+
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
         server = shared.config.server
