@@ -23,6 +23,7 @@ COMPILE_REQUIRES = [
     "h2>=4.1",
     "prometheus-client>=0.20",
     "httptools>=0.6.4",
+    "h2>=4.1",  # the compiled connection module hands HTTP/2 connections to proxy/h2connection
 ]
 
 

@@ -15,10 +15,11 @@ upstream pools as HTTP/1.1 clients use. States:
                are refused, the connection closes when the last one is done
     CLOSED
 
-Writes are batched: everything h2 produces while handling one client read or
-one upstream read goes out with one ``transport.write`` (``flush``).
+Writes are batched: what h2 produces while handling one client read goes out
+with one ``transport.write`` at its end; what the streams' upstream reads
+produce goes out with one write at the end of the loop iteration (``flush``).
 
-Limits (docs/reliability.md, "HTTP/2"): http2.max_concurrent_streams is
+Limits (docs/reliability.md, section 9): http2.max_concurrent_streams is
 advertised and enforced with REFUSED_STREAM; header lists over
 http2.max_header_list_bytes get 431 (twice that is an HPACK bomb, a
 connection error); ``FrameGuard`` bounds header blocks, control frames and
@@ -83,6 +84,16 @@ class Peer(ServedConnection, Protocol):
 
 
 class Http2Connection(asyncio.Protocol):
+    # Slotted: attribute access on the per-stream path stays fast however many there are.
+    __slots__ = (
+        "shared", "header_timeout", "body_timeout", "keepalive_timeout", "max_body_bytes",
+        "max_streams", "max_header_list_bytes", "websocket", "observer", "loop", "clock",
+        "transport", "h2", "streams", "blocked", "guard", "state", "last_stream_id",
+        "client_ip", "client_port", "family", "ctx", "client_key", "limits", "counted",
+        "_timer", "arm", "_receiving", "_flush_due", "now", "write_paused_at", "_idle_since",
+        "served", "_drain_at",
+    )  # fmt: skip
+
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
         server = shared.config.server

@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 # Response bytes queued per stream beyond which its upstream is not read (the client's
 # window is closed or its socket is full). One upstream read may come on top.
 STREAM_BUFFER_BYTES = 64 * 1024
+# Shared empty defaults (a stream never changes them in place: it assigns new lists).
+NO_FIELDS: Headers = []
+NO_DATA: list[bytes] = []
 
 
 class H2Stream:
@@ -76,7 +79,7 @@ class H2Stream:
         self.exchange: Exchange | None = None
         self.relay: H2Relay | None = None
         self.ws_key = b""  # the Sec-WebSocket-Key sent upstream for an extended CONNECT
-        self.early: list[bytes] = []  # a WebSocket's DATA before the upstream's 101
+        self.early: list[bytes] = NO_DATA  # a WebSocket's DATA before the upstream's 101
         # ExchangeHost: what every stream of the connection shares.
         self.ctx = conn.ctx
         self.client_ip = conn.client_ip
@@ -90,13 +93,13 @@ class H2Stream:
         self.paused = False  # the exchange asked to stop reading (upstream full / connecting)
         self.unacked = 0  # flow-controlled bytes received and not yet given back
         self.request_open = not ended
-        self.trailers_in: Headers = []
+        self.trailers_in: Headers = NO_FIELDS
         # Response direction.
         self.head_out: Headers | None = None
         self.out: deque[bytes | memoryview] = deque()
         self.out_bytes = 0
         self.end_queued = False
-        self.trailers_out: Headers = []
+        self.trailers_out: Headers = NO_FIELDS
         self.ended = False  # END_STREAM handed to h2
         self.closed = False  # reset, or forgotten by the connection
         self.upstream_paused = False
@@ -112,7 +115,7 @@ class H2Stream:
             return
         ex = self.exchange
         if self.ws_key and ex is not None:
-            self.early.append(data)  # for the relay (not given back until then)
+            self.early = [*self.early, data]  # for the relay (not given back until then)
             return
         if ex is not None and self.request_open:
             ex.client_activity = now
@@ -222,7 +225,7 @@ class H2Stream:
         self.exchange = None
         self.out.clear()
         self.out_bytes = 0
-        self.trailers_out = []
+        self.trailers_out = NO_FIELDS
         self.head_out = error_fields(status, headers)
         self.send_body(body)
         self.end_queued = True

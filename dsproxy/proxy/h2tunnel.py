@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 class RelayUpstream(asyncio.Protocol):
     """The upstream socket of a relay: what it reads goes to the stream."""
 
+    __slots__ = ("relay",)
+
     def __init__(self, relay: H2Relay) -> None:
         self.relay = relay
 
@@ -60,6 +62,12 @@ class RelayUpstream(asyncio.Protocol):
 
 
 class H2Relay:
+    __slots__ = (
+        "stream", "transport", "record", "idle_timeout", "upstream_full", "client_done",
+        "upstream_done", "closed", "bytes_from_client", "bytes_to_client", "_started",
+        "last_activity", "_timer",
+    )  # fmt: skip
+
     def __init__(
         self,
         stream: H2Stream,

@@ -7,6 +7,7 @@ send them; the proxy runs on fake transports (tests/protocol/h2rig.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -22,6 +23,8 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dsproxy.http.h2codec import (
     CANCEL,
@@ -350,3 +353,50 @@ def test_rst_stream_frames_without_streams_are_still_counted() -> None:
         assert rig.client.closed
 
     run(scenario)
+
+
+_frames = st.lists(
+    st.tuples(
+        st.integers(0, 0x11),  # frame type, unknown ones too
+        st.integers(0, 255),  # flags
+        st.sampled_from([0, 1, 2, 3, 5, 2**31 - 1]),  # stream id
+        st.binary(max_size=40),
+    ),
+    max_size=12,
+)
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=_frames, cut=st.integers(0, 200))
+def test_arbitrary_frames_never_raise(frames: list[tuple[int, int, int, bytes]], cut: int) -> None:
+    """Whatever the frames, a stream or connection error: no exception, no error logged."""
+
+    async def scenario() -> None:
+        rig = H2Rig(upstreams=2)
+        rig.peer.request("/up", method="POST", end=False)  # stream 1 open: frames may hit it
+        data = rig.peer.outgoing() + b"".join(
+            struct.pack(">I", len(p))[1:] + bytes((t, f)) + struct.pack(">I", s) + p
+            for t, f, s, p in frames
+        )
+        rig.send(data[:cut])
+        rig.send(data[cut:])
+        await rig.settle()
+        rig.proto.connection_lost(None)
+
+    errors = _Errors()
+    root = logging.getLogger()
+    root.addHandler(errors)
+    try:
+        run(scenario)
+    finally:
+        root.removeHandler(errors)
+    assert errors.seen == []
