@@ -20,7 +20,6 @@ COMPILE_REQUIRES = [
     "mypy>=1.10",
     "mypy_extensions>=1.0",
     "h11>=0.16.0",
-    "h2>=4.1",
     "prometheus-client>=0.20",
     "httptools>=0.6.4",
     "h2>=4.1",  # the compiled connection module hands HTTP/2 connections to proxy/h2connection
