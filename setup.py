@@ -38,6 +38,14 @@ HOT_MODULES = [
     "dsproxy/observe/records.py",
     "dsproxy/observe/metrics.py",
     "dsproxy/observe/accesslog.py",
+    # The HTTP/2 host: per stream and per frame.
+    "dsproxy/http/h2map.py",
+    "dsproxy/http/h2frames.py",
+    "dsproxy/http/h2codec.py",
+    "dsproxy/proxy/h2connection.py",
+    "dsproxy/proxy/h2events.py",
+    "dsproxy/proxy/h2stream.py",
+    "dsproxy/proxy/h2tunnel.py",
 ]
 
 
