@@ -31,6 +31,7 @@ BODY = b"ok"
 HEADERS = [(b":status", b"200"), (b"content-type", b"text/plain"),
            (b"content-length", str(len(BODY)).encode())]
 CONFIG = H2Configuration(client_side=False, header_encoding=None)
+BACKLOG = 4096  # create_server listens again, with its own default (100) unless told
 
 
 class H2Floor(asyncio.Protocol):
@@ -99,7 +100,7 @@ def listen_socket(port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind(("::", port))
-    sock.listen(4096)
+    sock.listen(BACKLOG)
     return sock
 
 
@@ -114,9 +115,10 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 async def serve(tls_port: int, cert: str, key: str, h2c_port: int) -> None:
     loop = asyncio.get_running_loop()
     servers = [await loop.create_server(H2Floor, sock=listen_socket(tls_port),
-                                        ssl=tls_context(cert, key))]
+                                        ssl=tls_context(cert, key), backlog=BACKLOG)]
     if h2c_port:
-        servers.append(await loop.create_server(H2Floor, sock=listen_socket(h2c_port)))
+        servers.append(await loop.create_server(H2Floor, sock=listen_socket(h2c_port),
+                                                backlog=BACKLOG))
     await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
