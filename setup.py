@@ -16,6 +16,7 @@ from setuptools import setup
 HOT_MODULES = [
     "dsproxy/http/framing.py",
     "dsproxy/http/rules.py",
+    "dsproxy/http/paths.py",
     "dsproxy/http/codec/base.py",
     "dsproxy/http/codec/wire.py",
     "dsproxy/http/codec/h11_codec.py",

@@ -13,7 +13,7 @@ Compare with ``codec_cost.py`` (the codec alone) and with the ``http`` suite of
 ``run.py`` (the proxy's CPU per request under wrk, syscalls included).
 
 Usage: ``python bench/path_cost.py [--n 20000] [--repeat 5] [--codec httptools]
-[--access-log json]``
+[--access-log json] [--routes N]``
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ from typing import Any, cast
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from bench.codec_cost import REQUESTS, RESPONSES  # noqa: E402
-from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer  # noqa: E402
+from dsproxy.config import (  # noqa: E402
+    Config,
+    RouteConfig,
+    ServerConfig,
+    UpstreamConfig,
+    UpstreamServer,
+)
 from dsproxy.http.codec import get_codec, httptools_available  # noqa: E402
 from dsproxy.net.resolver import Resolver  # noqa: E402
 from dsproxy.observe.metrics import Metrics  # noqa: E402
@@ -81,12 +87,22 @@ class CountingTransport:
         pass
 
 
-async def measure(codec_name: str, kind: str, n: int, repeat: int, access_log: str) -> float:
-    """Best-of-``repeat`` CPU µs per request over ``n`` keep-alive cycles."""
+async def measure(
+    codec_name: str, kind: str, n: int, repeat: int, access_log: str, routes: int = 0
+) -> float:
+    """Best-of-``repeat`` CPU µs per request over ``n`` keep-alive cycles.
+
+    ``routes``: that many ``[[routes]]`` whose prefixes the request does not match, so
+    every request is matched against all of them and goes to the default route.
+    """
+    upstream_config = UpstreamConfig(
+        servers=(UpstreamServer("127.0.0.1", 18080),), keepalive_requests=10**9
+    )
     config = Config(
         server=ServerConfig(parser="h11" if codec_name == "h11" else "httptools"),
-        upstream=UpstreamConfig(
-            servers=(UpstreamServer("127.0.0.1", 18080),), keepalive_requests=10**9
+        upstream=upstream_config,
+        routes=tuple(
+            RouteConfig(f"/route{i}", f"r{i}", upstream_config, 3600.0) for i in range(routes)
         ),
     )
     codec = get_codec(codec_name)
@@ -97,7 +113,10 @@ async def measure(codec_name: str, kind: str, n: int, repeat: int, access_log: s
         sink = io.StringIO()
         observer = combine([observer, AccessLog(access_log, sink)])  # type: ignore[arg-type]
     pool = UpstreamPool(config.upstream, codec, observer, Resolver(0))
-    pools = PoolRegistry({DEFAULT_GROUP: pool})
+    pools = PoolRegistry(
+        {DEFAULT_GROUP: pool}
+        | {r.name: UpstreamPool(r.upstream, codec, observer, Resolver(0)) for r in config.routes}
+    )
     shared = Shared(
         config=config,
         codec=codec,
@@ -141,6 +160,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="measurements (best is kept)")
     parser.add_argument("--codec", action="append", help="h11 / httptools (default: both)")
     parser.add_argument("--access-log", default="off", choices=("off", "combined", "json"))
+    parser.add_argument(
+        "--routes", type=int, default=0, help="[[routes]] the request is matched against"
+    )
     args = parser.parse_args()
     codecs = args.codec or ["h11"] + (["httptools"] if httptools_available() else [])
     try:
@@ -153,13 +175,14 @@ def main() -> None:
 
     print(
         f"{args.n:,} keep-alive cycles, best of {args.repeat}, CPU time;"
-        f" metrics on, access log {args.access_log}; build: {build_kind()}\n"
+        f" metrics on, access log {args.access_log}, {args.routes} [[routes]];"
+        f" build: {build_kind()}\n"
     )
     print("| codec | request | µs/req, whole Python path | ceiling req/s/core |")
     print("|---|---|---|---|")
     for name in codecs:
         for kind in REQUESTS:
-            us = runner(measure(name, kind, args.n, args.repeat, args.access_log))
+            us = runner(measure(name, kind, args.n, args.repeat, args.access_log, args.routes))
             print(f"| {name} | {kind} | {us:.1f} | {1e6 / us:,.0f} |")
 
 

@@ -33,6 +33,7 @@ from dsproxy.config import (
     LOG_LEVELS,
     PARSER_NAMES,
     Config,
+    RouteConfig,
     apply_overrides,
     duration_seconds,
     load_config,
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also resolve the upstream names (DNS), as the proxy will",
     )
+    check.add_argument("-v", "--verbose", action="store_true", help="also show the route table")
     check.set_defaults(handler=_check)
 
     demo = commands.add_parser(
@@ -185,7 +187,51 @@ def _check(args: argparse.Namespace) -> int:
             print(f"{path}: {_file_message(problem)}", file=sys.stderr)
         return EXIT_USAGE
     print(f"{path}: ok")
+    if args.verbose and config is not None:
+        print("\n".join(route_table(config)))
     return 0
+
+
+def route_table(config: Config) -> list[str]:
+    """The routes as matched: longest prefix first, the default ([upstream]) last."""
+    rows = [("prefix", "name", "upstream", "read/send/connect timeout", "ws idle", "rules")]
+    entries = sorted(config.routes, key=lambda r: len(r.prefix), reverse=True)
+    for prefix, name, upstream, ws_idle, rules in [
+        *[
+            (r.prefix, r.name, r.upstream, r.websocket_idle_timeout, _rules_text(r))
+            for r in entries
+        ],
+        ("/ (default)", "default", config.upstream, config.websocket.idle_timeout, "-"),
+    ]:
+        rows.append(
+            (
+                prefix,
+                name,
+                " ".join(server.url for server in upstream.servers),
+                f"{upstream.read_timeout:g}s/{upstream.send_timeout:g}s"
+                f"/{upstream.connect_timeout:g}s",
+                f"{ws_idle:g}s",
+                rules,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def _rules_text(route: RouteConfig) -> str:
+    parts = []
+    for what, sets, removes in (
+        ("request", route.request_headers_set, route.request_headers_remove),
+        ("response", route.response_headers_set, route.response_headers_remove),
+    ):
+        if sets:
+            parts.append(f"{what} set " + ",".join(name for name, _ in sets))
+        if removes:
+            parts.append(f"{what} remove " + ",".join(removes))
+    return "; ".join(parts) or "-"
 
 
 async def _resolve_problems(config: Config) -> list[ConfigError]:
@@ -197,19 +243,21 @@ async def _resolve_problems(config: Config) -> list[ConfigError]:
 
     names = resolver.Resolver(0, lookup=lookup)
     problems: list[ConfigError] = []
-    for server in config.upstream.servers:
+    groups = [("upstream.url", config.upstream)]
+    groups += [(f"routes[{i}].url", r.upstream) for i, r in enumerate(config.routes, start=1)]
+    for key, server in [(key, server) for key, upstream in groups for server in upstream.servers]:
         try:
             addresses = await asyncio.wait_for(names.resolve(server), RESOLVE_TIMEOUT_SECONDS)
         except TimeoutError:
             problems.append(
                 ConfigError(
-                    "upstream.url",
+                    key,
                     f"{server.url}: resolving {server.host} took more than "
                     f"{RESOLVE_TIMEOUT_SECONDS:g}s",
                 )
             )
         except OSError as exc:
-            problems.append(ConfigError("upstream.url", f"{server.url}: {exc}"))
+            problems.append(ConfigError(key, f"{server.url}: {exc}"))
         else:
             print(f"upstream {server.url} -> {', '.join(addresses)}")
     return problems

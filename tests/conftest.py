@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 import pytest
 
 from dsproxy.app.runner import new_event_loop
-from dsproxy.config import Config, ServerConfig, UpstreamConfig, UpstreamServer, WebSocketConfig
+from dsproxy.config import (
+    Config,
+    RouteConfig,
+    ServerConfig,
+    UpstreamConfig,
+    UpstreamServer,
+    WebSocketConfig,
+)
 from dsproxy.http.codec import httptools_available
 from dsproxy.net.addr import Family, HostPort
 from dsproxy.observe.records import RequestRecord, TunnelRecord
@@ -186,6 +193,7 @@ class ProxyFactory:
         websocket: dict[str, Any] | None = None,
         upstream_port: int | None = None,
         host: str | None = None,
+        routes: tuple[RouteConfig, ...] = (),
     ) -> RunningProxy:
         """Start a proxy; ``server``/``upstream``/``websocket`` override config fields."""
         if upstream_port is None:
@@ -200,7 +208,7 @@ class ProxyFactory:
             **(upstream or {}),
         )
         ws_cfg = replace(WebSocketConfig(), **(websocket or {}))
-        cfg = Config(server=server_cfg, upstream=upstream_cfg, websocket=ws_cfg)
+        cfg = Config(server=server_cfg, upstream=upstream_cfg, websocket=ws_cfg, routes=routes)
         observer = RecordingObserver()
         srv = ProxyServer(cfg, observer)
         self.loop_thread.call(srv.start())

@@ -21,6 +21,9 @@ Paths (query parameters in brackets):
     /close           a response with ``Connection: close``, then close
     /hop             a response carrying hop-by-hop headers
 
+``Upstream(name, strip)``: /echo reports ``name``; ``strip`` is a path prefix removed
+before the paths above are looked up (``/api/echo`` is ``/echo`` with ``strip="/api"``).
+
 ``idle_close_seconds``: a kept-alive connection idle that long is closed by us
 (to prove the proxy's pool retries a connection closed while idle).
 """
@@ -67,7 +70,9 @@ class _Closed(Exception):
 
 
 class Upstream:
-    def __init__(self) -> None:
+    def __init__(self, name: str = "", strip: str = "") -> None:
+        self.name = name  # reported by /echo as "upstream"
+        self.strip = strip  # a path prefix removed before dispatch ("/api" + "/echo")
         self.server: asyncio.Server | None = None
         self.port = 0
         self.host = "127.0.0.1"
@@ -193,6 +198,8 @@ class Upstream:
         self.requests.append((method, target))
         parts = urlsplit(target)
         path = parts.path
+        if self.strip and path.startswith(self.strip):
+            path = path[len(self.strip) :] or "/"
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         headers = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in req.headers.raw_items()]
 
@@ -218,6 +225,7 @@ class Upstream:
                     "body_len": size,
                     "trailers": trailers,
                     "conn": conn_id,
+                    "upstream": self.name,
                 }
             ).encode()
             await self._send(

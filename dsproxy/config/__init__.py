@@ -26,6 +26,9 @@ from dsproxy.config.load import (
     KNOWN_KEYS as KNOWN_KEYS,
 )
 from dsproxy.config.load import (
+    KNOWN_ROUTE_KEYS as KNOWN_ROUTE_KEYS,
+)
+from dsproxy.config.load import (
     apply_overrides as apply_overrides,
 )
 from dsproxy.config.load import (
@@ -48,6 +51,9 @@ from dsproxy.config.load import (
 )
 from dsproxy.config.model import (
     ACCESS_LOG_FORMATS as ACCESS_LOG_FORMATS,
+)
+from dsproxy.config.model import (
+    HOP_BY_HOP as HOP_BY_HOP,
 )
 from dsproxy.config.model import (
     HOST_HEADER_MODES as HOST_HEADER_MODES,
@@ -87,6 +93,9 @@ from dsproxy.config.model import (
 )
 from dsproxy.config.model import (
     ParserName as ParserName,
+)
+from dsproxy.config.model import (
+    RouteConfig as RouteConfig,
 )
 from dsproxy.config.model import (
     ServerConfig as ServerConfig,

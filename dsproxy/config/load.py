@@ -21,6 +21,7 @@ from dsproxy.config.model import (
     UpstreamConfig,
     WebSocketConfig,
 )
+from dsproxy.config.routes import ROUTE_KEYS, build_routes
 from dsproxy.config.values import (
     _DIGITS,
     _parse_access_log,
@@ -128,6 +129,8 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Key]]] = {
 KNOWN_KEYS: tuple[str, ...] = tuple(
     f"{section}.{key}" for section, (_, keys) in _SCHEMA.items() for key in keys
 )
+# The keys of a [[routes]] table (config/routes.py), as "routes.key".
+KNOWN_ROUTE_KEYS: tuple[str, ...] = tuple(f"routes.{key}" for key in ROUTE_KEYS)
 
 
 def _unknown(section: str, name: str, known: list[str], what: str) -> ConfigError:
@@ -181,11 +184,22 @@ def config_from_mapping(
     """
     sections: dict[str, Any] = {}
     for section, table in document.items():
+        if section == "routes":
+            continue  # after [upstream] and [websocket], whose values routes inherit
         if section not in _SCHEMA:
-            _report(problems, _unknown("", section, list(_SCHEMA), "section"))
+            _report(problems, _unknown("", section, [*_SCHEMA, "routes"], "section"))
             continue
         sections[section] = _build_section(section, table, problems)
-    return Config(**sections, source=source)
+    config = Config(**sections, source=source)
+    if "routes" in document:
+        routes = build_routes(
+            document["routes"],
+            config.upstream,
+            config.websocket.idle_timeout,
+            lambda error: _report(problems, error),
+        )
+        config = replace(config, routes=routes)
+    return config
 
 
 def load_config(path: Path | None, problems: list[ConfigError] | None = None) -> Config:

@@ -111,6 +111,28 @@ class LogConfig:
     access: Literal["combined", "json", "off"] = "combined"
 
 
+# RFC 9110 §7.6.1 hop-by-hop fields (plus the de-facto Keep-Alive / Proxy-Connection):
+# never forwarded. http/rules.py applies them; route header rules may not name them.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+     "upgrade"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """One ``[[routes]]`` table: a path prefix and its own upstream group."""
+
+    prefix: str  # normalised: starts with "/", no trailing "/"
+    name: str  # metrics / access-log label (default: the prefix as written)
+    upstream: UpstreamConfig  # [upstream] with this route's keys applied
+    websocket_idle_timeout: float  # websocket.idle_timeout unless the route sets it
+    request_headers_set: tuple[tuple[str, str], ...] = ()
+    request_headers_remove: tuple[str, ...] = ()
+    response_headers_set: tuple[tuple[str, str], ...] = ()
+    response_headers_remove: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -121,6 +143,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    routes: tuple[RouteConfig, ...] = ()  # [[routes]], in file order
     source: Path | None = None  # the file it was loaded from (for SIGHUP reload)
     # Command-line flags given at start, as apply_overrides keywords: a reload
     # re-reads the file and applies them again, so flags keep beating the file.

@@ -12,24 +12,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from dsproxy.config import IPNetwork
+from dsproxy.config import HOP_BY_HOP as HOP_BY_HOP_NAMES
+from dsproxy.config import IPNetwork, ServerConfig
 from dsproxy.errors import ClientError
 from dsproxy.http.codec.base import Headers, RequestHead, ResponseHead
 from dsproxy.http.framing import response_has_body, tokens
+from dsproxy.net.addr import normalise_ip
 
-# RFC 9110 §7.6.1 plus the de-facto Proxy-Connection / Keep-Alive.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-# Headers the proxy sets itself on every forwarded request.
+# RFC 9110 §7.6.1 plus the de-facto Proxy-Connection / Keep-Alive (docs/configuration.md).
+HOP_BY_HOP = frozenset(name.encode("ascii") for name in HOP_BY_HOP_NAMES)
+# Headers the proxy sets itself on every forwarded request (Forwarded too, when on).
 _FORWARDED = frozenset(
     {
         b"x-forwarded-for",
@@ -43,7 +35,7 @@ _DROP_REQUEST = HOP_BY_HOP | _FORWARDED
 # Lengths of the names above (and of "host"): any other name is passed on without
 # lower-casing it first, which is most of them.
 _HOP_LENGTHS = frozenset(len(n) for n in HOP_BY_HOP)
-_REQUEST_LENGTHS = frozenset(len(n) for n in _DROP_REQUEST | {b"host"})
+_REQUEST_LENGTHS = frozenset(len(n) for n in _DROP_REQUEST | {b"host", b"forwarded"})
 # RFC 9110 §9.2.2: a request with one of these methods can be repeated safely.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -56,6 +48,54 @@ class ClientContext:
     listen_port: bytes  # the port the client connected to, for X-Forwarded-Port
     trusted: bool  # the peer is in server.trusted_proxies
     scheme: bytes = b"http"  # b"https" on TLS listeners (X-Forwarded-Proto)
+    # RFC 7239 Forwarded: b"" = off (server.forwarded = false); else this proxy's node
+    # for by= (the listening address, formatted as forwarded_node() does).
+    forwarded_by: bytes = b""
+
+
+def client_context(
+    client_ip: str, local_ip: str, local_port: int, server: ServerConfig, *, tls: bool = False
+) -> ClientContext:
+    """The ``ClientContext`` of a connection from ``client_ip`` to ``local_ip:local_port``."""
+    return ClientContext(
+        client_ip=client_ip,
+        listen_port=str(local_port).encode(),
+        trusted=is_trusted(client_ip, server.trusted_proxies),
+        scheme=b"https" if tls else b"http",
+        forwarded_by=forwarded_node(normalise_ip(local_ip)) if server.forwarded else b"",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRules:
+    """A route's ``*_headers_set`` / ``*_headers_remove``: applied after the hop-by-hop rules.
+
+    Names that are hop-by-hop or frame the body are refused when the config is
+    loaded, so the rules can never forward what this hop must not.
+    """
+
+    set: tuple[tuple[bytes, bytes], ...] = ()  # replaces every field of that name
+    drop: frozenset[bytes] = frozenset()  # lower-cased: the names removed, and those set
+
+    def apply(self, headers: Headers) -> Headers:
+        drop = self.drop
+        out = [(n, v) for n, v in headers if n.lower() not in drop]
+        out.extend(self.set)
+        return out
+
+
+def header_rules(set_: dict[str, str], remove: tuple[str, ...]) -> HeaderRules | None:
+    """``HeaderRules`` from a route's ``*_headers_set`` table and ``*_headers_remove`` list.
+
+    None when there are none (the usual case costs one ``is None`` per request).
+    """
+    if not set_ and not remove:
+        return None
+    pairs = tuple((name.encode("ascii"), value.encode("latin-1")) for name, value in set_.items())
+    names = {name.lower().encode("ascii") for name in remove}
+    names.update(name.lower() for name, _ in pairs)
+    return HeaderRules(pairs, frozenset(names))
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +104,34 @@ class UpstreamTarget:
 
     authority: bytes  # "host:port" of the upstream (its first server)
     preserve_host: bool  # upstream.host_header == "preserve"
+    request_rules: HeaderRules | None = None  # the route's request header rules
+
+
+# RFC 9110 §5.6.2 tchar: a Forwarded value made only of these needs no quotes.
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _forwarded_value(value: bytes) -> bytes:
+    """A token as it is, anything else as a quoted-string (RFC 7239 §4)."""
+    if value and all(byte in _TCHAR for byte in value):
+        return value
+    escaped = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    return b'"' + escaped + b'"'
+
+
+def forwarded_node(ip: str) -> bytes:
+    """An address as a Forwarded node (RFC 7239 §6): IPv6 bracketed and quoted, no port."""
+    if ":" in ip:
+        return b'"[' + ip.encode("ascii") + b']"'
+    return ip.encode("ascii") if ip else b"unknown"
+
+
+def forwarded_element(ctx: ClientContext, host: bytes) -> bytes:
+    """This hop's ``Forwarded`` element: for, proto, host, by."""
+    out = b"for=" + forwarded_node(ctx.client_ip) + b";proto=" + ctx.scheme
+    if host:
+        out += b";host=" + _forwarded_value(host)
+    return out + b";by=" + ctx.forwarded_by
 
 
 def is_trusted(client_ip: str, networks: Iterable[IPNetwork]) -> bool:
@@ -143,14 +211,20 @@ def build_upstream_request(
     xff = b""
     real_ip = b""
     proto = b""
+    forwarded = b""
     wants_trailers = False
     trusted = ctx.trusted
     preserve_host = target.preserve_host
+    add_forwarded = bool(ctx.forwarded_by)
     for name, value in head.headers:
         if len(name) not in _REQUEST_LENGTHS:
             out.append((name, value))
             continue
         lname = name.lower()
+        if add_forwarded and lname == b"forwarded":
+            if trusted:
+                forwarded = value if not forwarded else forwarded + b", " + value
+            continue
         if lname in _DROP_REQUEST:
             if lname == b"connection":
                 listed += _listed(value)
@@ -187,12 +261,18 @@ def build_upstream_request(
     out.append((b"X-Forwarded-Proto", proto or ctx.scheme))
     out.append((b"X-Forwarded-Host", host or target.authority))
     out.append((b"X-Forwarded-Port", ctx.listen_port))
+    if add_forwarded:
+        element = forwarded_element(ctx, host or target.authority)
+        out.append((b"Forwarded", forwarded + b", " + element if forwarded else element))
     if wants_trailers:
         out.append((b"TE", b"trailers"))
     websocket = head.upgrade == b"websocket"
     if websocket:
         out.append((b"Upgrade", b"websocket"))
         out.append((b"Connection", b"upgrade"))
+    rules = target.request_rules
+    if rules is not None:
+        out = rules.apply(out)
     chunked = head.chunked
     if chunked:
         out.append((b"Transfer-Encoding", b"chunked"))

@@ -64,8 +64,14 @@ class Resolver:
         self.lookup = lookup
         self._cache: dict[tuple[str, int], _Entry] = {}
 
-    async def resolve(self, server: UpstreamServer) -> list[str]:
-        """Addresses to try for ``server``; raises OSError only with no good answer ever."""
+    async def resolve(self, server: UpstreamServer, interval: float | None = None) -> list[str]:
+        """Addresses to try for ``server``; raises OSError only with no good answer ever.
+
+        ``interval`` is the caller's re-resolve interval (a route's own
+        ``resolve_interval``); None means this resolver's.
+        """
+        if interval is None:
+            interval = self.interval
         host = server.host
         try:
             ipaddress.ip_address(host)
@@ -76,7 +82,7 @@ class Resolver:
         key = (host, server.port)
         entry = self._cache.get(key)
         now = time.monotonic()
-        if entry is not None and (self.interval == 0 or now < entry.expires):
+        if entry is not None and (interval == 0 or now < entry.expires):
             return entry.addresses
         try:
             addresses = interleave_families(await self.lookup(host, server.port))
@@ -93,9 +99,9 @@ class Resolver:
                     exc,
                 )
                 entry.failing = True
-            entry.expires = now + min(self.interval, 5.0)
+            entry.expires = now + min(interval, 5.0)
             return entry.addresses
         if entry is None or entry.addresses != addresses or entry.failing:
             log.info("upstream %s resolved to %s", host, ",".join(addresses))
-        self._cache[key] = _Entry(addresses, now + self.interval)
+        self._cache[key] = _Entry(addresses, now + interval)
         return addresses

@@ -170,7 +170,7 @@ class AccessLog(NullObserver):
             f'"version":{q(r.http_version)},"host":{q(r.host)},"status":{r.status:d},'
             f'"bytes_sent":{r.bytes_sent:d},"bytes_received":{r.bytes_received:d},'
             f'"duration":{_json_seconds(r.duration)},'
-            f'"upstream":{_json_str_or_null(r.upstream_addr)},'
+            f'"route":{q(r.route)},"upstream":{_json_str_or_null(r.upstream_addr)},'
             f'"upstream_duration":{_json_seconds(r.upstream_duration)},'
             f'"referer":{q(r.referer)},"user_agent":{q(r.user_agent)},'
             f'"error":{_json_str_or_null(r.error)}}}'
@@ -197,6 +197,7 @@ class AccessLog(NullObserver):
             "bytes_sent": r.bytes_to_client,
             "bytes_received": r.bytes_from_client,
             "duration": round(r.duration, 6),
+            "route": r.route,
             "upstream": r.upstream_addr,
             "user_agent": r.user_agent,
             "close_reason": r.close_reason,

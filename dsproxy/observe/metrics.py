@@ -205,8 +205,8 @@ class Metrics:
 
         self.requests_total = Counter(
             "dsproxy_requests_total",
-            "Requests answered, by status sent to the client and client address family.",
-            ["code", "family"],
+            "Requests answered, by status sent to the client, client address family and route.",
+            ["code", "family", "route"],
             registry=reg,
         )
         self.request_duration = Histogram(
@@ -288,7 +288,7 @@ class Metrics:
 
         # Pre-resolved children. Every bounded label value exists from the
         # start (so rate() sees the zero); request codes are added on first use.
-        self._requests: dict[tuple[int, str], Counter] = {}
+        self._requests: dict[tuple[int, str, str], Counter] = {}
         self._conn_active: dict[str, Gauge] = {
             f: self.connections_active.labels(f) for f in FAMILIES
         }
@@ -303,7 +303,7 @@ class Metrics:
         self._fresh = self.upstream_requests_total.labels("false")
         self._failed = False
         # Not yet flushed (see the module docstring).
-        self._pending_requests: dict[tuple[int, str], int] = {}
+        self._pending_requests: dict[tuple[int, str, str], int] = {}
         self._pending_bytes_received = 0
         self._pending_bytes_sent = 0
         self._pending_reused = 0
@@ -340,7 +340,7 @@ class Metrics:
 
     def request_done(self, record: RequestRecord) -> None:
         try:
-            key = (record.status, record.family)
+            key = (record.status, record.family, record.route)
             pending = self._pending_requests
             pending[key] = pending.get(key, 0) + 1
             self._durations.observe(record.duration)
@@ -358,11 +358,12 @@ class Metrics:
             pending = self._pending_requests
             if pending:
                 self._pending_requests = {}
-                for (status, family), count in pending.items():
-                    child = self._requests.get((status, family))
+                for key, count in pending.items():
+                    child = self._requests.get(key)
                     if child is None:
-                        child = self._requests[(status, family)] = self.requests_total.labels(
-                            _code_label(status), _family_label(family)
+                        status, family, route = key
+                        child = self._requests[key] = self.requests_total.labels(
+                            _code_label(status), _family_label(family), route
                         )
                     child.inc(count)
             if self._pending_bytes_received:

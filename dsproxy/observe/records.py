@@ -53,6 +53,7 @@ class RequestRecord:
         "upstream_addr",
         "upstream_duration",
         "error",
+        "route",
         "_fields",
     )
 
@@ -70,6 +71,7 @@ class RequestRecord:
         upstream_addr: str | None,  # "10.0.0.1:18080" / "[::1]:18080"
         upstream_duration: float | None,  # seconds from upstream request sent to response end
         error: str | None,  # ProxyError.kind when the proxy answered or aborted
+        route: str = "default",  # the route's name ([[routes]] name, or "default")
     ) -> None:
         self.client_ip = client_ip
         self.client_port = client_port
@@ -83,6 +85,7 @@ class RequestRecord:
         self.upstream_addr = upstream_addr
         self.upstream_duration = upstream_duration
         self.error = error
+        self.route = route
         self._fields: tuple[str, str, str] | None = None
 
     @property
@@ -154,6 +157,7 @@ class TunnelRecord:
     bytes_to_client: int
     close_reason: str  # client_closed | upstream_closed | idle_timeout | shutdown | error
     user_agent: str = ""  # the client's User-Agent on the upgrade request
+    route: str = "default"  # the route's name
 
 
 class Observer(Protocol):

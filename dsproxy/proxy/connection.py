@@ -31,8 +31,8 @@ from dsproxy.http.rules import (
     ClientContext,
     build_client_response,
     build_switch_response,
+    client_context,
     error_response,
-    is_trusted,
 )
 from dsproxy.net.addr import Family, family_of, normalise_ip
 from dsproxy.observe.records import Observer
@@ -121,10 +121,8 @@ class ClientConnection(asyncio.Protocol):
             self.client_key = key
             self._limits = limits
         sock = transport.get_extra_info("sockname") or ("", 0)
-        self.ctx = ClientContext(
-            client_ip=self.client_ip,
-            listen_port=str(sock[1] if len(sock) > 1 else 0).encode(),
-            trusted=is_trusted(self.client_ip, shared.config.server.trusted_proxies),
+        self.ctx = client_context(
+            self.client_ip, str(sock[0]), int(sock[1]) if len(sock) > 1 else 0, shared.config.server
         )
         shared.connections.add(self)
         self.counted = True
@@ -198,7 +196,14 @@ class ClientConnection(asyncio.Protocol):
         self._head_started = 0.0
         shared = self.shared
         router = shared.router
-        route = router.only or router.route(head.target)
+        route = router.only
+        if route is None:
+            try:
+                route = router.route(head.target)
+            except ClientError as exc:  # a path that climbs above "/"
+                self.exchange = Exchange(self, router.default, head, now)
+                self.exchange.refuse(exc)
+                return
         exchange = self.exchange = Exchange(self, route, head, now)
         limits = self._limits
         if limits is not None and limits.rate and not limits.allow_request(self.client_key, now):

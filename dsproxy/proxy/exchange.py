@@ -215,6 +215,9 @@ class Exchange:
         if self.state != FORWARDING:
             return
         status = head.status
+        rules = self.route.response_rules
+        if rules is not None:
+            head.headers = rules.apply(head.headers)
         if status < 200:
             if status == 101:  # the codec refused one the request did not ask for
                 self._switch(head)
@@ -364,6 +367,7 @@ class Exchange:
                 self.upstream_peer,
                 (now - upstream_started) if upstream_started else None,
                 error,
+                self.route.name,
             )
         )
 

@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Protocol
 
 from dsproxy.config import UpstreamConfig, UpstreamServer
@@ -174,7 +174,7 @@ class UpstreamPool:
             started = loop.time()
             try:
                 async with asyncio.timeout(self.config.connect_timeout):
-                    addresses = await self.resolver.resolve(server)
+                    addresses = await self.resolver.resolve(server, self.config.resolve_interval)
                     conn = await self._open(loop, server, addresses)
                 break
             except (TimeoutError, OSError) as exc:
@@ -219,11 +219,12 @@ class UpstreamPool:
         no longer has (a gateway Service or pod that moved): idle ones to a
         dropped address are closed, busy ones are not taken back.
         """
+        interval = self.config.resolve_interval
         while not self.closing:
-            await asyncio.sleep(self.config.resolve_interval)
+            await asyncio.sleep(interval)
             for server in self._named:
                 try:
-                    addresses = set(await self.resolver.resolve(server))
+                    addresses = set(await self.resolver.resolve(server, interval))
                 except OSError:
                     continue  # the resolver keeps (and logs) the last good answer
                 self._drop_stale(server, addresses)
@@ -345,8 +346,8 @@ class UpstreamPool:
 class PoolRegistry:
     """The pools of one worker's configuration, keyed by upstream group."""
 
-    def __init__(self, pools: dict[str, ManagedPool]) -> None:
-        self._pools = pools
+    def __init__(self, pools: Mapping[str, ManagedPool]) -> None:
+        self._pools = dict(pools)
 
     def get(self, group: str) -> ManagedPool:
         return self._pools[group]

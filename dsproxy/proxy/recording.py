@@ -33,6 +33,7 @@ def tunnel_record(ex: Exchange, conn: UpstreamConnection) -> TunnelRecord:
         bytes_to_client=0,
         close_reason="",
         user_agent=_field(ex.head.headers, b"user-agent").decode("latin-1"),
+        route=ex.route.name,
     )
 
 

@@ -50,8 +50,15 @@ class ProxyServer:
 
     def _make_shared(self, config: Config) -> Shared:
         codec = get_codec(config.server.parser)
-        pool = UpstreamPool(config.upstream, codec, self.observer, self.resolver)
-        pools = PoolRegistry({DEFAULT_GROUP: pool})
+        # One pool per route: its own servers, keep-alive, DNS refresh and failover.
+        groups = {DEFAULT_GROUP: config.upstream}
+        groups.update((route.name, route.upstream) for route in config.routes)
+        pools = PoolRegistry(
+            {
+                name: UpstreamPool(upstream, codec, self.observer, self.resolver)
+                for name, upstream in groups.items()
+            }
+        )
         return Shared(
             config=config,
             codec=codec,

@@ -194,6 +194,7 @@ def test_json_request_fields() -> None:
             upstream_addr="[::1]:18080",
             upstream_duration=1.25,
             error="upstream_timeout",
+            route="api",
         )
     )
     assert entry == {
@@ -210,6 +211,7 @@ def test_json_request_fields() -> None:
         "bytes_sent": 20,
         "bytes_received": 7,
         "duration": 1.5,
+        "route": "api",
         "upstream": "[::1]:18080",
         "upstream_duration": 1.25,
         "referer": 'r"ef',

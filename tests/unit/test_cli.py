@@ -90,6 +90,41 @@ def test_check_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert err == ""
 
 
+def test_check_verbose_shows_the_route_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        UPSTREAM_TOML
+        + '[[routes]]\nprefix = "/api/"\nurl = "http://10.0.0.2:80"\nname = "api"\n'
+        + 'response_headers_remove = ["Server"]\n'
+        + '[[routes]]\nprefix = "/api/v2"\nurl = "http://[fd00::3]:81"\nread_timeout = "1h"\n',
+    )
+    assert main(["check", "-c", str(path), "--verbose"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{path}: ok"
+    assert lines[1].split() == ["prefix", "name", "upstream", "read/send/connect", "timeout",
+                                "ws", "idle", "rules"]  # fmt: skip
+    assert lines[2].split() == ["/api/v2", "/api/v2", "http://[fd00::3]:81", "3600s/60s/5s",
+                                "3600s", "-"]  # fmt: skip
+    assert lines[3].split() == ["/api", "api", "http://10.0.0.2:80", "60s/60s/5s", "3600s",
+                                "response", "remove", "Server"]  # fmt: skip
+    assert lines[4].split()[:3] == ["/", "(default)", "default"]
+    assert len(lines) == 5
+
+
+def test_check_reports_duplicate_route_prefixes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    route = '[[routes]]\nprefix = "{}"\nurl = "http://10.0.0.2:80"\n'
+    path = write(tmp_path, UPSTREAM_TOML + route.format("/api") + route.format("/api/"))
+    assert main(["check", "-c", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"{path}: routes[2].prefix: '/api' is the same as routes[1]'s prefix"
+        " (/api/ and /api match the same paths)\n"
+    )
+
+
 def test_check_the_example_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--config", str(EXAMPLE)]) == 0
     assert capsys.readouterr().out == f"{EXAMPLE}: ok\n"

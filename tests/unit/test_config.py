@@ -777,3 +777,14 @@ def test_readiness_window_must_cover_the_interval(tmp_path: Path) -> None:
 
 def test_readiness_rule_is_off_by_default() -> None:
     assert UpstreamConfig().readiness_interval == 0
+
+
+def test_the_example_files_commented_route_loads_when_uncommented() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    example = text[text.index("# [[routes]]") :]
+    uncommented = "\n".join(line.removeprefix("# ") for line in example.splitlines())
+    document = tomllib.loads(text) | tomllib.loads(uncommented)
+    (route,) = config_module.config_from_mapping(document).routes
+    assert route.name == "ws"
+    assert route.prefix == "/ws"
+    assert route.upstream.read_timeout == 3600.0

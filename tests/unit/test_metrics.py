@@ -116,21 +116,25 @@ def test_is_an_observer_with_its_own_registry() -> None:
     assert REGISTRY.get_sample_value("dsproxy_requests_total", {"code": "200"}) is None
 
 
+def requests_total(metrics: Metrics, code: str, family: str) -> float | None:
+    return value(metrics, "dsproxy_requests_total", code=code, family=family, route="default")
+
+
 def test_requests_by_code_and_family(metrics: Metrics) -> None:
     for _ in range(3):
         metrics.request_done(request())
     metrics.request_done(request(status=502, family="ipv6", client_ip="::1"))
-    assert value(metrics, "dsproxy_requests_total", code="200", family="ipv4") == 3
-    assert value(metrics, "dsproxy_requests_total", code="502", family="ipv6") == 1
-    assert value(metrics, "dsproxy_requests_total", code="200", family="ipv6") is None
+    assert requests_total(metrics, "200", "ipv4") == 3
+    assert requests_total(metrics, "502", "ipv6") == 1
+    assert requests_total(metrics, "200", "ipv6") is None
 
 
 def test_status_label_is_bounded(metrics: Metrics) -> None:
     metrics.request_done(request(status=0))
     metrics.request_done(request(status=1234))
     metrics.request_done(request(status=42))
-    assert value(metrics, "dsproxy_requests_total", code="0", family="ipv4") == 1
-    assert value(metrics, "dsproxy_requests_total", code="other", family="ipv4") == 2
+    assert requests_total(metrics, "0", "ipv4") == 1
+    assert requests_total(metrics, "other", "ipv4") == 2
 
 
 def test_duration_histogram_and_bytes(metrics: Metrics) -> None:
@@ -212,7 +216,7 @@ def test_never_raises(metrics: Metrics) -> None:
     metrics.upstream_connected(None)  # type: ignore[arg-type]
     metrics.pool_idle("many")  # type: ignore[arg-type]
     metrics.request_done(request())  # and it still counts afterwards
-    assert value(metrics, "dsproxy_requests_total", code="200", family="ipv4") == 2
+    assert requests_total(metrics, "200", "ipv4") == 2
 
 
 def test_scrape_registry_is_the_own_one_in_single_process_mode(metrics: Metrics) -> None:
@@ -263,7 +267,7 @@ def test_multiprocess_mode_sums_over_processes(tmp_path: Path) -> None:
     def scraped(name: str, **labels: str) -> float | None:
         return multiprocess_registry(str(tmp_path)).get_sample_value(name, labels)
 
-    assert scraped("dsproxy_requests_total", code="200", family="ipv4") == 6
+    assert scraped("dsproxy_requests_total", code="200", family="ipv4", route="default") == 6
     assert scraped("dsproxy_request_duration_seconds_count") == 6
     assert scraped("dsproxy_bytes_sent_total") == 30
     assert scraped("dsproxy_connections_active", family="ipv4") == 2
@@ -272,7 +276,7 @@ def test_multiprocess_mode_sums_over_processes(tmp_path: Path) -> None:
     # live gauges forget the dead worker; counters keep its share
     assert scraped("dsproxy_connections_active", family="ipv4") == 1
     assert scraped("dsproxy_upstream_pool_idle") == 2
-    assert scraped("dsproxy_requests_total", code="200", family="ipv4") == 6
+    assert scraped("dsproxy_requests_total", code="200", family="ipv4", route="default") == 6
 
 
 def test_batched_histogram_exports_what_observe_would() -> None:

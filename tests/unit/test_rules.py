@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 
+from dsproxy.config import ServerConfig
 from dsproxy.errors import ClientError
 from dsproxy.http.codec.base import Headers, RequestHead, ResponseHead
 from dsproxy.http.rules import (
@@ -15,7 +16,9 @@ from dsproxy.http.rules import (
     build_client_response,
     build_switch_response,
     build_upstream_request,
+    client_context,
     error_response,
+    header_rules,
     is_trusted,
 )
 from dsproxy.net.addr import HostPort, family_of, normalise_ip, parse_hostport
@@ -388,3 +391,87 @@ def test_parse_hostport_names_when_allowed() -> None:
 def test_hostport_str() -> None:
     assert str(HostPort("::", 1)) == "[::]:1"
     assert str(HostPort("10.0.0.1", 2)) == "10.0.0.1:2"
+
+
+# ============================================================ RFC 7239 Forwarded
+def forwarded_ctx(client_ip: str, local_ip: str, *, trusted: bool = False, tls: bool = False) -> (
+    tuple[ClientContext, UpstreamTarget]
+):  # fmt: skip
+    networks = (ipaddress.ip_network(client_ip),) if trusted else ()
+    server = ServerConfig(forwarded=True, trusted_proxies=networks)
+    context = client_context(client_ip, local_ip, 16980, server, tls=tls)
+    return context, UpstreamTarget(authority=b"gateway:18080", preserve_host=True)
+
+
+@pytest.mark.parametrize(
+    ("client", "local", "expected"),
+    [
+        ("203.0.113.7", "10.0.0.5", b"for=203.0.113.7;proto=http;host=api.test;by=10.0.0.5"),
+        ("2001:db8::7", "::1", b'for="[2001:db8::7]";proto=http;host=api.test;by="[::1]"'),
+        # A dual-stack socket's own address is IPv4-mapped: by= shows the IPv4 form.
+        ("192.0.2.1", "::ffff:10.0.0.5", b"for=192.0.2.1;proto=http;host=api.test;by=10.0.0.5"),
+    ],
+)
+def test_forwarded_element(client: str, local: str, expected: bytes) -> None:
+    out = forward(request([(b"Host", b"api.test")]), forwarded_ctx(client, local))
+    assert values(out.headers, b"forwarded") == [expected]
+
+
+def test_forwarded_quotes_a_host_with_a_port_and_says_https() -> None:
+    head = request([(b"Host", b"[2001:db8::1]:8443")])
+    out = forward(head, forwarded_ctx("192.0.2.1", "10.0.0.5", tls=True))
+    assert values(out.headers, b"forwarded") == [
+        b'for=192.0.2.1;proto=https;host="[2001:db8::1]:8443";by=10.0.0.5'
+    ]
+    assert values(out.headers, b"x-forwarded-proto") == [b"https"]
+
+
+def test_forwarded_escapes_quotes_in_a_host() -> None:
+    out = forward(request([(b"Host", b'a"b\\c')]), forwarded_ctx("192.0.2.1", "10.0.0.5"))
+    assert values(out.headers, b"forwarded") == [
+        b'for=192.0.2.1;proto=http;host="a\\"b\\\\c";by=10.0.0.5'
+    ]
+
+
+def test_forwarded_from_an_untrusted_peer_is_replaced() -> None:
+    head = request([(b"Host", b"h"), (b"Forwarded", b"for=6.6.6.6"), (b"forwarded", b"by=x")])
+    out = forward(head, forwarded_ctx("192.0.2.1", "10.0.0.5"))
+    assert values(out.headers, b"forwarded") == [b"for=192.0.2.1;proto=http;host=h;by=10.0.0.5"]
+
+
+def test_forwarded_from_a_trusted_peer_is_appended_to() -> None:
+    head = request(
+        [(b"Host", b"h"), (b"Forwarded", b"for=1.1.1.1"), (b"Forwarded", b"for=2.2.2.2")]
+    )
+    out = forward(head, forwarded_ctx("192.0.2.1", "10.0.0.5", trusted=True))
+    assert values(out.headers, b"forwarded") == [
+        b"for=1.1.1.1, for=2.2.2.2, for=192.0.2.1;proto=http;host=h;by=10.0.0.5"
+    ]
+
+
+def test_forwarded_off_passes_the_clients_value() -> None:
+    head = request([(b"Host", b"h"), (b"Forwarded", b"for=6.6.6.6")])
+    assert values(forward(head, ctx()).headers, b"forwarded") == [b"for=6.6.6.6"]
+
+
+# ============================================================ route header rules
+def test_header_rules_apply_after_the_hop_by_hop_rules() -> None:
+    rules = header_rules({"X-Env": "prod", "Host": "internal"}, ("X-Debug", "x-forwarded-port"))
+    assert rules is not None
+    target = UpstreamTarget(authority=b"gw:1", preserve_host=True, request_rules=rules)
+    head = request(
+        [(b"Host", b"h"), (b"X-ENV", b"dev"), (b"x-debug", b"1"), (b"Connection", b"x-a"),
+         (b"X-A", b"a"), (b"X-Keep", b"k")]
+    )  # fmt: skip
+    out = build_upstream_request(head, ctx()[0], target)
+    assert values(out.headers, b"x-env") == [b"prod"]
+    assert values(out.headers, b"host") == [b"internal"]
+    assert values(out.headers, b"x-forwarded-host") == [b"h"]
+    assert not values(out.headers, b"x-debug")
+    assert not values(out.headers, b"x-forwarded-port")
+    assert not values(out.headers, b"x-a")
+    assert values(out.headers, b"x-keep") == [b"k"]
+
+
+def test_no_rules_is_none() -> None:
+    assert header_rules({}, ()) is None
