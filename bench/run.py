@@ -1024,7 +1024,9 @@ class TlsTarget:
     plain: int  # HTTP/1.1, cleartext
     tls: int  # TLS with ALPN h2 and http/1.1 (the floor: h2 only)
     h2c: int  # HTTP/2 with prior knowledge, cleartext
-    missing: dict[str, str] = field(default_factory=dict)  # "tls"/"h2c" -> why not measured
+    # why an endpoint is not measured: "https" (HTTP/1.1 over TLS), "tls" (HTTP/2 over TLS),
+    # "h2c" (HTTP/2 with prior knowledge)
+    missing: dict[str, str] = field(default_factory=dict)
 
 
 def make_cert(directory: Path, key_type: str) -> tuple[Path, Path]:
@@ -1143,6 +1145,25 @@ def h2_check(port: int, tls: bool, timeout: float = 5.0) -> str:
     return f"port {port}: no response"  # unreachable: the loop returns
 
 
+def https_check(port: int, timeout: float = 5.0) -> str:
+    """Empty when ``GET /`` over HTTP/1.1 over TLS (ALPN http/1.1) gets a 200 on ``port``,
+    else what went wrong."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            head = sock.recv(256)
+    except (OSError, ssl.SSLError) as exc:
+        return f"HTTP/1.1 over TLS on port {port}: {exc}"
+    if not head.startswith(b"HTTP/1.1 200"):
+        return f"HTTP/1.1 over TLS on port {port}: {head[:40]!r}"
+    return ""
+
+
 def start_tls_contender(b: Bench, key: str, upstream_port: int, cert: Path, keyfile: Path,
                         pool: int) -> TlsTarget:
     """Starts contender ``key`` with TLS and h2c listeners; checks HTTP/2 on each of them
@@ -1180,9 +1201,13 @@ def start_tls_contender(b: Bench, key: str, upstream_port: int, cert: Path, keyf
         b.wait_ready(proc, plain)
         # dsproxy's h2c is on its cleartext listener, beside HTTP/1.1
         target = TlsTarget(proc, plain, tls, plain)
+    if key == "H":
+        target.missing["https"] = "it speaks HTTP/2 only"
+    elif why := https_check(target.tls):
+        target.missing["https"] = why
+        log(f"{TLS_LABELS[key]}: HTTP/1.1 over TLS not measured: {why}")
     for endpoint, port in (("tls", target.tls), ("h2c", target.h2c)):
-        why = h2_check(port, tls=endpoint == "tls")
-        if why:
+        if why := h2_check(port, tls=endpoint == "tls"):
             target.missing[endpoint] = why
             log(f"{TLS_LABELS[key]}: HTTP/2 over {endpoint} not measured: {why}")
     return target
@@ -1346,7 +1371,8 @@ def suite_h2(b: Bench, rep: Report, targets: dict[str, TlsTarget]) -> None:
 def suite_tls(b: Bench, rep: Report, targets: dict[str, TlsTarget]) -> None:
     a = b.args
     # Handshakes: the floor speaks h2 only and is left out (the client offers http/1.1).
-    hs_keys = [k for k, t in targets.items() if k != "H" and "tls" not in t.missing]
+    hs_keys = [k for k, t in targets.items() if "https" not in t.missing]
+    gone = {k: t.missing["https"] for k, t in targets.items() if k != "H" and "https" in t.missing}
     for k in hs_keys:
         run_handshakes(targets[k].tls, 1, a.tls_conns, None)
     hs: dict[str, list[HandshakeResult]] = {k: [] for k in hs_keys}
@@ -1356,7 +1382,7 @@ def suite_tls(b: Bench, rep: Report, targets: dict[str, TlsTarget]) -> None:
         hs[k].append(x)
         log(f"tls handshakes round {r + 1} {k}: {x.rate:.0f}/s cpu {x.proxy_us:.0f} us "
             f"client {x.client_us:.0f} us failed {x.failed} resumed {x.resumed} {x.tls}")
-    rows = []
+    rows = [[TLS_LABELS[k], "missing", *["-"] * 6] for k in gone]
     hmed = {k: statistics.median(x.rate for x in xs) for k, xs in hs.items()}
     for k, xs in hs.items():
         rows.append([TLS_LABELS[k], fmt(hmed[k]), ratio(hmed[k], hmed.get("B")),
@@ -1378,10 +1404,11 @@ def suite_tls(b: Bench, rep: Report, targets: dict[str, TlsTarget]) -> None:
          f"{'ECDSA P-256' if a.tls_key_type == 'ec' else 'RSA 2048'}",
          "the client is one Python process: when its CPU per connection times the rate "
          "nears a core, the client, not the server, is the limit: then compare the server "
-         "CPU µs/conn column (1e6 / it = full handshakes per second one core can do)"],
+         "CPU µs/conn column (1e6 / it = full handshakes per second one core can do)",
+         *[f"{TLS_LABELS[k]}: not measured ({why})" for k, why in gone.items()]],
     )
     # HTTP/1.1 over TLS against the same process's cleartext listener.
-    keys = [k for k, t in targets.items() if t.plain and "tls" not in t.missing]
+    keys = [k for k, t in targets.items() if t.plain and "https" not in t.missing]
     runs = [(k, proto) for k in keys for proto in ("https", "http")]
     port = {"https": lambda t: t.tls, "http": lambda t: t.plain}
     for k, proto in runs:
@@ -1396,32 +1423,37 @@ def suite_tls(b: Bench, rep: Report, targets: dict[str, TlsTarget]) -> None:
             log(f"tls http/1.1 round {r + 1} {k} {proto}: {w.rps:.0f} req/s "
                 f"p99 {w.p99_ms:.2f} ms cpu {w.cpu_us_per_req:.1f} us/req {w.errors}")
     wmed = {run: statistics.median(x.rps for x in xs) for run, xs in wres.items()}
-    rows = []
-    notes = []
+    rows = [[TLS_LABELS[k], "missing", *["-"] * 8] for k in gone]
+    notes = [f"{TLS_LABELS[k]}: not measured ({why})" for k, why in gone.items()]
     for k in keys:
         tls_rps, clear = wmed[(k, "https")], wmed[(k, "http")]
         ws, wc = wres[(k, "https")], wres[(k, "http")]
         errs = "; ".join(sorted({x.errors for x in ws + wc if x.errors})) or "0"
+        cpu_tls = statistics.median(x.cpu_us_per_req for x in ws)
+        cpu_clear = statistics.median(x.cpu_us_per_req for x in wc)
         rows.append([TLS_LABELS[k], fmt(tls_rps), fmt(clear), ratio(tls_rps, clear),
                      ratio(tls_rps, wmed.get(("B", "https"))),
-                     fmt(statistics.median(x.p99_ms for x in ws), 2),
-                     fmt(statistics.median(x.cpu_us_per_req for x in ws), 1),
-                     fmt(statistics.median(x.cpu_us_per_req for x in wc), 1), errs])
+                     fmt(statistics.median(x.p99_ms for x in ws), 2), fmt(cpu_tls, 1),
+                     fmt(cpu_clear, 1), ratio(cpu_clear, cpu_tls), errs])
         if k in DSPROXY_KEYS:
             notes.append(target_note("HTTP/1.1 over TLS", k, tls_rps, clear, 0.8,
-                                     "its own cleartext rate"))
+                                     "its own cleartext rate")
+                         + f"; by server CPU per request {ratio(cpu_clear, cpu_tls)}x")
     rep.panel("HTTP/1.1 over TLS, req/s (higher is better)", "req/s",
               [(TLS_LABELS[k], wmed[(k, "https")]) for k in keys])
     rep.table(
         f"HTTP/1.1 over TLS and cleartext, same process (wrk -t1 -c{a.conns} "
         f"-d{a.duration:g}s, median of {a.rounds} interleaved rounds)",
         ["contender", "TLS req/s", "cleartext req/s", "TLS / cleartext", "TLS vs B",
-         "TLS p99 ms", "CPU µs/req TLS", "CPU µs/req cleartext", "errors"],
+         "TLS p99 ms", "CPU µs/req TLS", "CPU µs/req cleartext", "TLS / cleartext by CPU",
+         "errors"],
         rows,
         ["the TLS and the cleartext listener are one process (dsproxy: server.tls_listen "
          "beside server.listen, with server.h2c = true; nginx: one server block per listener); wrk "
          "offers no ALPN, so the TLS connections speak HTTP/1.1; keep-alive, so the "
          f"handshakes are {a.conns} per run",
+         "TLS / cleartext by CPU = the cleartext CPU µs/req over the TLS one: the rate ratio "
+         "a server alone on its core would show (wrk's own TLS work shares these CPUs)",
          *notes],
     )
 
