@@ -51,3 +51,19 @@ CLIENT_SEEDS = [
     b"\x00" + encode(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nRAW", [30]),
     b"\x00" + encode(b"HTTP/1.0 200 OK\r\n\r\nuntil eof"),
 ]
+_V2 = b"\r\n\r\n\x00\r\nQUIT\n"  # the v2 signature
+_DB8_7 = b"\x20\x01\x0d\xb8" + b"\x00" * 11 + b"\x07"  # 2001:db8::7
+_DB8_1 = b"\x20\x01\x0d\xb8" + b"\x00" * 11 + b"\x01"  # 2001:db8::1
+_TLVS = b"\x05\x00\x04id-1\x03\x00\x04\x41\x18\x86\x97"  # a unique id, then CRC32C
+PROXY_SEEDS = [
+    encode(b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\nGET / HTTP/1.1\r\n\r\n", [6, 30]),
+    encode(b"PROXY TCP6 2001:db8::7 ::ffff:10.0.0.1 51000 443\r\n\x16\x03\x01", [47]),
+    encode(b"PROXY UNKNOWN ffff::1 ffff::2 65535 65535\r\nrest"),
+    encode(b"PROXY UNKNOWN\r\n"),
+    # v2 PROXY TCP over IPv4 (203.0.113.7:51000 -> 10.0.0.1:443), then a request byte
+    encode(_V2 + b"\x21\x11\x00\x0c\xcb\x00\x71\x07\x0a\x00\x00\x01\xc7\x38\x01\xbbG", [12, 16]),
+    # v2 PROXY TCP over IPv6 with a unique-id TLV and a CRC32C TLV
+    encode(_V2 + b"\x21\x21\x00\x32" + _DB8_7 + _DB8_1 + b"\xc7\x38\x01\xbb" + _TLVS, [20]),
+    encode(_V2 + b"\x20\x00\x00\x00"),  # LOCAL
+    encode(_V2 + b"\x21\x12\x00\x0c" + b"\x7f\x00\x00\x01" * 2 + b"\x00\x35\x00\x35"),  # UDP
+]

@@ -1,4 +1,4 @@
-"""Run the codec fuzz targets (atheris, libFuzzer) one after the other.
+"""Run the fuzz targets (atheris, libFuzzer) one after the other: codecs, PROXY header.
 
 ::
 
@@ -27,11 +27,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from fuzz.inputs import CLIENT_SEEDS, SERVER_SEEDS  # noqa: E402
+from fuzz.inputs import CLIENT_SEEDS, PROXY_SEEDS, SERVER_SEEDS  # noqa: E402
 
 TARGETS = {
     "codec_server": (HERE / "fuzz_codec_server.py", SERVER_SEEDS),
     "codec_client": (HERE / "fuzz_codec_client.py", CLIENT_SEEDS),
+    "proxyproto": (HERE / "fuzz_proxyproto.py", PROXY_SEEDS),
 }
 _STAT = re.compile(r"stat::(\w+):\s+(\d+)")
 _PROGRESS = re.compile(r"#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)")

@@ -281,6 +281,15 @@ def validate(config: Config, problems: list[ConfigError] | None = None) -> None:
                 f" got {upstream.readiness_window:g}s",
             ),
         )
+    if config.server.proxy_protocol and not config.server.proxy_protocol_from:
+        _report(
+            problems,
+            ConfigError(
+                "server.proxy_protocol_from",
+                "must list the load balancers' networks when server.proxy_protocol is true"
+                ' (every other peer is closed), like ["10.0.0.0/8"]',
+            ),
+        )
     if config.server.parser == "httptools" and importlib.util.find_spec("httptools") is None:
         _report(
             problems,

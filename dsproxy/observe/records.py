@@ -26,6 +26,7 @@ CLIENT_ERROR_KINDS = (
     "over_capacity",
     "too_many_connections",
     "rate_limited",
+    "proxy_protocol",  # no valid PROXY header in time, or a peer not allowed to send one
 )
 # Bounded label values for upstream_error(kind) (docs/configuration.md, metrics).
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "protocol")

@@ -63,8 +63,10 @@ UNPARSED_REQUEST = RequestHead(b"-", b"-", b"1.1", [], False, None, False, None,
 
 
 class ClientConnection(asyncio.Protocol):
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, client: tuple[str, int] | None = None) -> None:
+        """``client``: the client's address when not the socket's peer (a PROXY header's)."""
         self.shared = shared
+        self._client_address = client
         cfg = shared.config.server
         self.header_timeout = cfg.header_timeout
         self.body_timeout = cfg.body_timeout
@@ -108,7 +110,7 @@ class ClientConnection(asyncio.Protocol):
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
         self._reading.transport = transport
-        peer = transport.get_extra_info("peername") or ("", 0)
+        peer = self._client_address or transport.get_extra_info("peername") or ("", 0)
         self.client_ip = normalise_ip(str(peer[0]))
         self.client_port = int(peer[1]) if len(peer) > 1 else 0
         self.family = family_of(self.client_ip)
@@ -195,7 +197,8 @@ class ClientConnection(asyncio.Protocol):
         self.state = ACTIVE
         self._head_started = 0.0
         shared = self.shared
-        router = shared.router
+        # After a reload: the new configuration's routes and pools (see Shared.successor).
+        router = shared.newest().router if shared.draining else shared.router
         route = router.only
         if route is None:
             try:

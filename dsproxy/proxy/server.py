@@ -22,6 +22,7 @@ from dsproxy.observe.records import Observer
 from dsproxy.proxy.connection import ClientConnection
 from dsproxy.proxy.limits import ClientLimits
 from dsproxy.proxy.pool import DEFAULT_GROUP, PoolRegistry, UpstreamPool
+from dsproxy.proxy.preamble import ProxyPreamble
 from dsproxy.proxy.router import build_router
 from dsproxy.proxy.shared import Shared
 
@@ -68,8 +69,11 @@ class ProxyServer:
             limits=self.limits,
         )
 
-    def _factory(self) -> ClientConnection:
-        return ClientConnection(self.shared)
+    def _factory(self) -> asyncio.Protocol:
+        shared = self.shared
+        if shared.config.server.proxy_protocol:  # read per accept: a reload turns it on/off
+            return ProxyPreamble(shared)
+        return ClientConnection(shared)
 
     @property
     def reuse_port(self) -> bool:
@@ -126,6 +130,7 @@ class ProxyServer:
         self.resolver.interval = config.upstream.resolve_interval
         self.limits.configure(**limit_settings(config))
         self.shared = self._make_shared(config)
+        old.successor = self.shared
         old.draining = True
         old.pools.close()
         for conn in list(old.connections):

@@ -38,6 +38,16 @@ class Shared:
     draining: bool = False
     # Set by shutdown; fired when the last connection closes.
     all_closed: asyncio.Event | None = None
+    # Set by a reload: the generation that replaced this one. A request that arrives on
+    # a connection of this generation after the reload is new work, so it is routed by
+    # the newest generation's router and pools (this one's pools are closed).
+    successor: Shared | None = None
+
+    def newest(self) -> Shared:
+        shared = self
+        while shared.successor is not None:
+            shared = shared.successor
+        return shared
 
     def connection_closed(self, conn: ServedConnection) -> None:
         self.connections.discard(conn)

@@ -1,4 +1,6 @@
-"""A short run of the atheris codec fuzz targets (fuzz/run.py): no finding in 10,000 inputs each.
+"""A short run of the atheris fuzz targets (fuzz/run.py): no finding in 10,000 inputs each.
+
+The targets: both codecs (server and client side) and the PROXY protocol header parser.
 
 Skipped only when atheris is not importable (it is in the ``test`` extra on Linux).
 The longer run's figures are in docs/reliability.md.
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.mark.timeout(120)
-def test_codec_fuzz_targets_smoke(tmp_path: Path) -> None:
+def test_fuzz_targets_smoke(tmp_path: Path) -> None:
     report_path = tmp_path / "fuzz.json"
     proc = subprocess.run(
         [
@@ -42,7 +44,7 @@ def test_codec_fuzz_targets_smoke(tmp_path: Path) -> None:
         timeout=110,
     )
     reports = json.loads(report_path.read_text())
-    assert [r["target"] for r in reports] == ["codec_server", "codec_client"]
+    assert [r["target"] for r in reports] == ["codec_server", "codec_client", "proxyproto"]
     for report in reports:
         assert report["findings"] == [], proc.stderr
         assert report["executions"] >= RUNS  # the seeds count too

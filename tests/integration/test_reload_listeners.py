@@ -78,3 +78,24 @@ def test_reload_keeps_old_listeners_when_a_new_one_cannot_bind(
     assert server.listening
     assert _get(host, proxy.port) == 200
     assert _refused(host, free.port)  # the half of the new set that did bind was let go
+
+
+def test_a_request_arriving_across_a_reload_is_served_by_the_new_configuration(
+    proxy_factory: ProxyFactory, loop_thread: LoopThread
+) -> None:
+    """A head half sent when the reload comes is new work: the new pools serve it.
+
+    (The old generation's pools are closed by the reload; this request used to get 502.)
+    """
+    from tests.conftest import ResponseReader
+
+    proxy = proxy_factory()
+    with proxy.connect() as sock:
+        sock.sendall(b"GET /echo?across=1 HTTP/1.1\r\nHost: example.test\r\n")
+        config = proxy.server.config
+        loop_thread.call(proxy.server.reload(dataclasses.replace(config)))
+        sock.sendall(b"\r\n")
+        response = ResponseReader(sock).read()
+    assert response.status == 200
+    assert response.header(b"connection") == b"close"  # the old generation is draining
+    assert _get(proxy.host, proxy.port) == 200

@@ -775,6 +775,21 @@ def test_readiness_window_must_cover_the_interval(tmp_path: Path) -> None:
     assert check_file(ok).upstream.readiness_window == 6.0
 
 
+def test_proxy_protocol_needs_the_networks_allowed_to_send_it(tmp_path: Path) -> None:
+    path = write(tmp_path, UPSTREAM_TOML + "[server]\nproxy_protocol = true\n")
+    with pytest.raises(ConfigError) as info:
+        check_file(path)
+    assert info.value.key == "server.proxy_protocol_from"
+    assert "when server.proxy_protocol is true" in info.value.message
+    ok = write(
+        tmp_path,
+        UPSTREAM_TOML + '[server]\nproxy_protocol = true\nproxy_protocol_from = ["10.0.0.0/8"]\n',
+    )
+    assert check_file(ok).server.proxy_protocol
+    off = write(tmp_path, UPSTREAM_TOML + "[server]\nproxy_protocol = false\n")
+    check_file(off)  # the list matters only when the header is required
+
+
 def test_readiness_rule_is_off_by_default() -> None:
     assert UpstreamConfig().readiness_interval == 0
 
