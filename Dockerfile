@@ -48,8 +48,9 @@ ENV PATH="/opt/dsproxy/bin:${PATH}" \
 
 USER 10001:10001
 
-# 16980: the proxy (server.listen); 16981: the admin listener's default address.
-EXPOSE 16980 16981
+# 16980: the proxy (server.listen); 16981: the admin listener's default address;
+# 16443: TLS, when server.tls_listen (or --tls-listen) asks for it (docs/deploy.md, "TLS").
+EXPOSE 16980 16981 16443
 
 # The admin listener's default is 127.0.0.1:16981 (admin.listen; the tests keep the two
 # in step). A config that moves it needs `docker run --health-cmd ...`. slim has no curl;

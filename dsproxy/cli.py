@@ -5,9 +5,10 @@
     dsproxy run   [-c FILE] [--listen ADDR]... [--upstream URL] [--admin ADDR|off]
                   [--workers N|auto] [--parser auto|h11|httptools]
                   [--access-log combined|json|off] [--log-level LEVEL]
+                  [--tls-listen ADDR]... [--tls-cert FILE] [--tls-key FILE]
     dsproxy check -c FILE [--resolve]
     dsproxy demo  [--listen ADDR]
-    dsproxy probe URL [--ws PATH] [--timeout SECONDS]
+    dsproxy probe URL [--ws PATH] [--timeout SECONDS] [--cacert FILE | --insecure]
 
 Flags default to None ("not given") so they override only what was typed; the
 values are checked by ``dsproxy.config`` with the file's rules and key names.
@@ -97,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--parser", metavar="|".join(PARSER_NAMES), help="server.parser")
     run.add_argument("--access-log", metavar="|".join(ACCESS_LOG_FORMATS), help="log.access")
     run.add_argument("--log-level", metavar="LEVEL", help=f"{', '.join(LOG_LEVELS)} (log.level)")
+    run.add_argument(
+        "--tls-listen",
+        action="append",
+        metavar="ADDR",
+        help="TLS listen address, like --listen; repeat for several (server.tls_listen)",
+    )
+    run.add_argument("--tls-cert", metavar="FILE", help="PEM certificate, then chain (tls.cert)")
+    run.add_argument("--tls-key", metavar="FILE", help="PEM private key (tls.key)")
     run.set_defaults(handler=_run)
 
     check = commands.add_parser(
@@ -131,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reach URL over IPv4 and IPv6 separately",
         description="Reach URL over IPv4 and IPv6 separately (HTTP, and a WebSocket ping).",
     )
-    probe.add_argument("url", metavar="URL", help="http://host:port/path")
+    probe.add_argument("url", metavar="URL", help="http[s]://host:port/path")
     probe.add_argument("--ws", metavar="PATH", help="also open a WebSocket on PATH and ping")
     probe.add_argument(
         "--timeout",
@@ -139,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PROBE_TIMEOUT_SECONDS,
         metavar="SECONDS",
         help=f"per step (default {DEFAULT_PROBE_TIMEOUT_SECONDS:g})",
+    )
+    trust = probe.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--cacert", type=Path, metavar="FILE", help="https: trust the CAs in FILE (PEM)"
+    )
+    trust.add_argument(
+        "-k", "--insecure", action="store_true", help="https: do not verify the certificate"
     )
     probe.set_defaults(handler=_probe)
     return parser
@@ -162,8 +178,15 @@ def _run(args: argparse.Namespace) -> int:
             parser=args.parser,
             access_log=args.access_log,
             log_level=args.log_level,
+            tls_listen=args.tls_listen,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
         validate(config)
+        if config.server.tls_listen:
+            from dsproxy.proxy.tlsfront import load_tls
+
+            load_tls(config)  # a certificate that cannot be loaded stops us here, exit 2
     except ConfigError as exc:
         print(f"dsproxy: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -180,7 +203,9 @@ def _file_message(exc: ConfigError) -> str:
 def _check(args: argparse.Namespace) -> int:
     path: Path = args.config
     config, problems = problems_in_file(path)
-    if config is not None and args.resolve:
+    if config is not None and config.server.tls_listen:
+        problems = _tls_problems(path, config)
+    if not problems and config is not None and args.resolve:
         problems = asyncio.run(_resolve_problems(config))
     if problems:
         for problem in problems:
@@ -234,6 +259,20 @@ def _rules_text(route: RouteConfig) -> str:
     return "; ".join(parts) or "-"
 
 
+def _tls_problems(path: Path, config: Config) -> list[ConfigError]:
+    """Load the TLS certificate as the proxy will; print what it serves (and warnings)."""
+    from dsproxy.proxy.tlsfront import load_tls
+
+    try:
+        info = load_tls(config).certificate
+    except ConfigError as exc:
+        return [exc]
+    print(f"{path}: tls.cert: {info.describe()}")
+    for warning in info.warnings():  # served anyway: clients decide (docs/configuration.md)
+        print(f"{path}: tls.cert: warning: {warning}", file=sys.stderr)
+    return []
+
+
 async def _resolve_problems(config: Config) -> list[ConfigError]:
     """Resolve every upstream name as the proxy will; one problem per name that fails."""
     from dsproxy.net import resolver
@@ -276,7 +315,7 @@ def _probe(args: argparse.Namespace) -> int:
     url: str = args.url
     ws_path: str | None = args.ws
     timeout: float = args.timeout
-    return probe_main(url, ws_path, timeout)
+    return probe_main(url, ws_path, timeout, cacert=args.cacert, insecure=args.insecure)
 
 
 def build_kind() -> str:

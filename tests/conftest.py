@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -21,6 +22,7 @@ from dsproxy.config import (
     Config,
     RouteConfig,
     ServerConfig,
+    TlsConfig,
     UpstreamConfig,
     UpstreamServer,
     WebSocketConfig,
@@ -30,6 +32,7 @@ from dsproxy.net.addr import Family, HostPort
 from dsproxy.observe.records import RequestRecord, TunnelRecord
 from dsproxy.proxy.server import ProxyServer
 from tests.support import ipv6_available
+from tests.tlsutil import TlsFiles, make_tls_files
 from tests.upstream_server import Upstream
 
 T = TypeVar("T")
@@ -84,6 +87,8 @@ class RecordingObserver:
         self.acquired: list[bool] = []
         self.opened: list[Family] = []
         self.closed: list[Family] = []
+        self.tls_failures: list[str] = []
+        self.certificates: list[float] = []  # notAfter of every certificate loaded
 
     def connection_opened(self, family: Family) -> None:
         self.opened.append(family)
@@ -114,6 +119,12 @@ class RecordingObserver:
 
     def websocket_closed(self, record: TunnelRecord) -> None:
         self.tunnels.append(record)
+
+    def tls_handshake_failed(self, reason: str) -> None:
+        self.tls_failures.append(reason)
+
+    def tls_certificate_loaded(self, not_after: float) -> None:
+        self.certificates.append(not_after)
 
 
 @pytest.fixture
@@ -194,6 +205,7 @@ class ProxyFactory:
         upstream_port: int | None = None,
         host: str | None = None,
         routes: tuple[RouteConfig, ...] = (),
+        tls: TlsConfig | None = None,
     ) -> RunningProxy:
         """Start a proxy; ``server``/``upstream``/``websocket`` override config fields."""
         if upstream_port is None:
@@ -208,7 +220,13 @@ class ProxyFactory:
             **(upstream or {}),
         )
         ws_cfg = replace(WebSocketConfig(), **(websocket or {}))
-        cfg = Config(server=server_cfg, upstream=upstream_cfg, websocket=ws_cfg, routes=routes)
+        cfg = Config(
+            server=server_cfg,
+            upstream=upstream_cfg,
+            websocket=ws_cfg,
+            tls=tls or TlsConfig(),
+            routes=routes,
+        )
         observer = RecordingObserver()
         srv = ProxyServer(cfg, observer)
         self.loop_thread.call(srv.start())
@@ -228,6 +246,12 @@ def proxy_factory(
     factory = ProxyFactory(loop_thread, parser, host, upstream)
     yield factory
     factory.stop_all()
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> TlsFiles:
+    """A CA and a certificate for localhost, 127.0.0.1 and ::1 (tls.crt, tls.key)."""
+    return make_tls_files(tmp_path)
 
 
 @pytest.fixture

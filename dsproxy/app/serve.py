@@ -15,7 +15,7 @@ least one listener open, and, when ``upstream.readiness_interval`` is set, an
 upstream address answered recently (``dsproxy.app.health``).
 
 SIGHUP re-reads the config file and applies it: listeners, upstream, timeouts,
-the admin listener and ``log.level``. Keys that only apply at start
+the TLS certificate, the admin listener and ``log.level``. Keys that only apply at start
 (``RESTART_KEYS``) are named in the log when they change.
 """
 
@@ -83,7 +83,37 @@ def keys_needing_restart(old: Config, new: Config) -> list[str]:
 
 def listen_error(exc: ListenError) -> str:
     """A listen address that cannot be bound, and what changes it."""
-    return f"{exc} (change it with --listen ADDR or server.listen)"
+    flag = "--tls-listen" if exc.key == "server.tls_listen" else "--listen"
+    return f"{exc} (change it with {flag} ADDR or {exc.key})"
+
+
+def cannot_serve(config: Config, old: Config | None = None) -> str | None:
+    """Why a worker could not start on ``config``, or None: what a supervisor checks first.
+
+    A listen or TLS listen address that cannot be bound (with ``old``, only those it
+    did not have), or a TLS certificate that cannot be loaded.
+    """
+    from dsproxy.net.listener import bind_all
+    from dsproxy.proxy.tlsfront import load_tls
+
+    server = config.server
+    before = old.server if old is not None else None
+    for key, addresses, had in (
+        ("server.listen", server.listen, before.listen if before else ()),
+        ("server.tls_listen", server.tls_listen, before.tls_listen if before else ()),
+    ):
+        added = tuple(a for a in addresses if a not in had)
+        try:
+            for listener in bind_all(added, ipv6only=server.ipv6only, reuse_port=True, key=key):
+                listener.sock.close()
+        except ListenError as exc:
+            return listen_error(exc)
+    if server.tls_listen:
+        try:
+            load_tls(config)
+        except ConfigError as exc:
+            return str(exc)
+    return None
 
 
 def stdin_is_terminal() -> bool:
@@ -146,7 +176,11 @@ async def serve(
     metrics = Metrics()
     access = AccessLog(config.log.access) if config.log.access != "off" else None
     observer = combine([metrics, access] if access is not None else [metrics])
-    server = ProxyServer(config, observer, reuse_port=reuse_port)
+    try:
+        server = ProxyServer(config, observer, reuse_port=reuse_port)
+    except ConfigError as exc:  # the TLS certificate cannot be loaded
+        log.error("%s", exc)
+        return 2
     upstream_ready = UpstreamReadiness(config.upstream, server.resolver)
     try:
         await server.start(listeners)
@@ -187,7 +221,7 @@ async def serve(
         try:
             await server.reload(new)
         except ListenError as exc:
-            kept = ", ".join(str(address) for address in server.addresses)
+            kept = ", ".join(str(address) for address in server.addresses + server.tls_addresses)
             log.error(
                 "reload: %s; kept the old listeners (%s), the rest of the config applies",
                 exc,

@@ -17,9 +17,10 @@ supervisor:
   with shutdown.delay and shutdown.grace), SIGKILL whatever is left after
   delay + grace + STOP_MARGIN_SECONDS, exit 0. A second signal sends a second
   SIGTERM, which makes the workers stop at once;
-- SIGHUP: re-reads the config file; an invalid file is logged and changes
-  nothing; a valid one is forwarded as SIGHUP (each worker reloads itself) and
-  the worker count is adjusted;
+- SIGHUP: re-reads the config file; an invalid file, a new listen address that
+  cannot be bound or a TLS certificate that cannot be loaded is logged and changes
+  nothing (a worker started later must be able to start on it); a valid one is
+  forwarded as SIGHUP (each worker reloads itself) and the worker count is adjusted;
 - restarts a worker that dies unexpectedly; more than RESTART_LIMIT deaths
   within RESTART_WINDOW_SECONDS stop everything with exit code 1.
 
@@ -49,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsproxy.app.runner import run_main
-from dsproxy.app.serve import describe_start, listen_error, serve, stdin_is_terminal
+from dsproxy.app.serve import cannot_serve, describe_start, serve, stdin_is_terminal
 from dsproxy.config import Config
 from dsproxy.errors import ConfigError
 from dsproxy.net.addr import HostPort
@@ -127,18 +128,12 @@ class Supervisor:
 
     # -- main --------------------------------------------------------------------
     async def run(self) -> int:
-        from dsproxy.net.listener import ListenError, bind_all
-
         log.info("%s", describe_start(self.config))
         loop = asyncio.get_running_loop()
-        try:
-            # Fail fast and clearly instead of letting every worker crash on bind.
-            for listener in bind_all(
-                self.config.server.listen, ipv6only=self.config.server.ipv6only, reuse_port=True
-            ):
-                listener.sock.close()
-        except ListenError as exc:
-            log.error("%s", listen_error(exc))
+        # Fail fast and clearly instead of letting every worker crash on bind.
+        problem = cannot_serve(self.config)
+        if problem is not None:
+            log.error("%s", problem)
             return 1
         if any(address.port == 0 for address in self.config.server.listen):
             log.warning("listen port 0 with several workers: each worker gets its own port")
@@ -374,26 +369,20 @@ class Supervisor:
         )
 
     def _can_listen(self, old: Config, new: Config) -> bool:
-        """Can the workers bind ``new``'s added listen addresses? Else refuse the reload.
+        """Can workers bind ``new``'s added addresses and load its certificate? Else refuse.
 
-        Each worker would keep its old listeners anyway, but a worker started later
-        (a replacement, or more workers) would bind the new config and die on it.
+        Each worker would keep its old listeners (and certificate) anyway, but a worker
+        started later (a replacement, or more workers) would start on the new config
+        and die on it.
         """
-        from dsproxy.net.listener import ListenError, bind_all
-
-        added = tuple(a for a in new.server.listen if a not in old.server.listen)
-        try:
-            for listener in bind_all(added, ipv6only=new.server.ipv6only, reuse_port=True):
-                listener.sock.close()
-        except ListenError as exc:
-            kept = ", ".join(str(address) for address in old.server.listen)
-            log.error(
-                "reload refused: %s; kept the old listeners (%s) and the running config",
-                listen_error(exc),
-                kept,
-            )
-            return False
-        return True
+        problem = cannot_serve(new, old)
+        if problem is None:
+            return True
+        kept = ", ".join(str(address) for address in old.server.listen + old.server.tls_listen)
+        log.error(
+            "reload refused: %s; kept the old listeners (%s) and the running config", problem, kept
+        )
+        return False
 
     # -- helpers -------------------------------------------------------------------
     def _start_task(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -254,21 +254,25 @@ def validate(config: Config, problems: list[ConfigError] | None = None) -> None:
             problems,
             ConfigError("server.listen", "must list at least one address, like [::]:16980"),
         )
-    for index, address in enumerate(listen):
-        for other in listen[:index]:
+    # Every listen address, as (key, address): cleartext, TLS, admin. No two may share a port.
+    tls_listen = config.server.tls_listen
+    bound = [("server.listen", a) for a in listen] + [("server.tls_listen", a) for a in tls_listen]
+    if config.admin.listen is not None:
+        bound.append(("admin.listen", config.admin.listen))
+    for index, (key, address) in enumerate(bound):
+        for other_key, other in bound[:index]:
             if _overlaps(other, address, config.server.ipv6only):
-                _report(
-                    problems,
-                    ConfigError("server.listen", f"{address} overlaps {other} (same port)"),
-                )
-    admin = config.admin.listen
-    if admin is not None:
-        for address in listen:
-            if _overlaps(address, admin, config.server.ipv6only):
+                where = "" if other_key == key else f"{other_key} "
+                message = f"{address} overlaps {where}{other} (same port)"
+                _report(problems, ConfigError(key, message))
+    if tls_listen:
+        for name in ("cert", "key"):
+            if getattr(config.tls, name) is None:
                 _report(
                     problems,
                     ConfigError(
-                        "admin.listen", f"{admin} overlaps server.listen {address} (same port)"
+                        f"tls.{name}",
+                        f"is required when server.tls_listen is set (or give --tls-{name} FILE)",
                     ),
                 )
     upstream = config.upstream
@@ -310,6 +314,9 @@ def apply_overrides(
     parser: str | None = None,
     access_log: str | None = None,
     log_level: str | None = None,
+    tls_listen: list[str] | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> Config:
     """``config`` with the command-line flags that were given (not None) taking precedence.
 
@@ -317,9 +324,15 @@ def apply_overrides(
     the same keys (``--listen`` -> ``server.listen``).
     """
     server, upstream_config = config.server, config.upstream
-    admin_config, log = config.admin, config.log
+    admin_config, log, tls = config.admin, config.log, config.tls
     if listen is not None:
         server = replace(server, listen=_parse_listen("server.listen", listen))
+    if tls_listen is not None:
+        server = replace(server, tls_listen=_parse_listen("server.tls_listen", tls_listen))
+    if tls_cert is not None:
+        tls = replace(tls, cert=_parse_path("tls.cert", tls_cert))
+    if tls_key is not None:
+        tls = replace(tls, key=_parse_path("tls.key", tls_key))
     if workers is not None:
         # A flag is text; "4" means the TOML integer 4.
         count: object = int(workers) if _DIGITS.fullmatch(workers) else workers
@@ -345,6 +358,9 @@ def apply_overrides(
         ("parser", parser),
         ("access_log", access_log),
         ("log_level", log_level),
+        ("tls_listen", tuple(tls_listen) if tls_listen is not None else None),
+        ("tls_cert", tls_cert),
+        ("tls_key", tls_key),
     ):
         if value is not None:
             given[key] = value
@@ -354,6 +370,7 @@ def apply_overrides(
         upstream=upstream_config,
         admin=admin_config,
         log=log,
+        tls=tls,
         overrides=tuple(sorted(given.items())),
     )
 
@@ -362,13 +379,11 @@ def reload_config(current: Config) -> Config:
     """What a SIGHUP loads: the file again, with the start-up flags applied on top."""
     if current.source is None:
         raise ConfigError("(file)", "started without -c: there is no file to re-read")
-    flags = dict(current.overrides)
-    listen = flags.pop("listen", None)
-    config = apply_overrides(
-        load_config(current.source),
-        listen=list(listen) if isinstance(listen, tuple) else None,
-        **{k: v for k, v in flags.items() if isinstance(v, str)},
-    )
+    # Repeatable flags (--listen, --tls-listen) are kept as tuples, the others as text.
+    flags: dict[str, Any] = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in current.overrides
+    }
+    config = apply_overrides(load_config(current.source), **flags)
     validate(config)
     return config
 

@@ -24,7 +24,9 @@ BACKLOG = 4096
 
 
 class ListenError(OSError):
-    """A listen address could not be bound; the message names it."""
+    """A listen address could not be bound; the message names it, ``key`` its config key."""
+
+    key = "server.listen"
 
 
 @dataclass(slots=True)
@@ -106,15 +108,24 @@ def bind_listener(
 
 
 def bind_all(
-    addresses: tuple[HostPort, ...], *, ipv6only: bool, reuse_port: bool
+    addresses: tuple[HostPort, ...],
+    *,
+    ipv6only: bool,
+    reuse_port: bool,
+    key: str = "server.listen",
 ) -> list[Listener]:
-    """Bind every address or none (sockets already bound are closed on failure)."""
+    """Bind every address or none (sockets already bound are closed on failure).
+
+    ``key`` is the config key the addresses come from; a ``ListenError`` carries it.
+    """
     listeners: list[Listener] = []
     try:
         for address in addresses:
             listeners.append(bind_listener(address, ipv6only=ipv6only, reuse_port=reuse_port))
-    except BaseException:
+    except BaseException as exc:
         for listener in listeners:
             listener.sock.close()
+        if isinstance(exc, ListenError):
+            exc.key = key
         raise
     return listeners

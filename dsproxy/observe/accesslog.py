@@ -336,6 +336,20 @@ class FanOut:
             except Exception:
                 log.exception("observer %r failed", o)
 
+    def tls_handshake_failed(self, reason: str) -> None:
+        for o in self.observers:
+            try:
+                o.tls_handshake_failed(reason)
+            except Exception:
+                log.exception("observer %r failed", o)
+
+    def tls_certificate_loaded(self, not_after: float) -> None:
+        for o in self.observers:
+            try:
+                o.tls_certificate_loaded(not_after)
+            except Exception:
+                log.exception("observer %r failed", o)
+
 
 def combine(observers: Iterable[Observer]) -> Observer:
     """One observer for ``observers``: the only one itself, a ``FanOut``, or a NullObserver.

@@ -48,6 +48,7 @@ from dsproxy.observe.records import (
     RequestRecord,
     TunnelRecord,
 )
+from dsproxy.observe.tlsmetrics import TlsMetrics
 
 log = logging.getLogger("dsproxy.observe.metrics")
 
@@ -310,6 +311,7 @@ class Metrics:
         self._pending_fresh = 0
         self._pending_pool_idle: int | None = None
         self._durations = BatchedHistogram(self.request_duration, REQUEST_DURATION_BUCKETS_SECONDS)
+        self.tls = TlsMetrics(reg)
 
     # -- helpers ---------------------------------------------------------------
     def _fault(self, exc: Exception) -> None:
@@ -428,3 +430,9 @@ class Metrics:
                 self.bytes_sent_total.inc(record.bytes_to_client)
         except Exception as exc:
             self._fault(exc)
+
+    def tls_handshake_failed(self, reason: str) -> None:
+        self.tls.handshake_failed(reason)  # never raises, as every method here
+
+    def tls_certificate_loaded(self, not_after: float) -> None:
+        self.tls.certificate_loaded(not_after)

@@ -174,6 +174,10 @@ class Observer(Protocol):
     def pool_idle(self, count: int) -> None: ...
     def websocket_opened(self) -> None: ...
     def websocket_closed(self, record: TunnelRecord) -> None: ...
+    # TLS listeners: a handshake that failed (reason: net.tls.HANDSHAKE_FAILURE_REASONS),
+    # and the certificate in force (its notAfter, POSIX seconds) after a start or reload.
+    def tls_handshake_failed(self, reason: str) -> None: ...
+    def tls_certificate_loaded(self, not_after: float) -> None: ...
 
 
 # Compiled builds: observers written in plain Python (tests, plug-ins) may build on this.
@@ -209,4 +213,10 @@ class NullObserver:
         pass
 
     def websocket_closed(self, record: TunnelRecord) -> None:
+        pass
+
+    def tls_handshake_failed(self, reason: str) -> None:
+        pass
+
+    def tls_certificate_loaded(self, not_after: float) -> None:
         pass

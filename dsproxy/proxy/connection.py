@@ -124,7 +124,12 @@ class ClientConnection(asyncio.Protocol):
             self._limits = limits
         sock = transport.get_extra_info("sockname") or ("", 0)
         self.ctx = client_context(
-            self.client_ip, str(sock[0]), int(sock[1]) if len(sock) > 1 else 0, shared.config.server
+            self.client_ip,
+            str(sock[0]),
+            int(sock[1]) if len(sock) > 1 else 0,
+            shared.config.server,
+            # A TLS listener hands over its TLS transport (proxy/tlsfront.py).
+            tls=transport.get_extra_info("ssl_object") is not None,
         )
         shared.connections.add(self)
         self.counted = True

@@ -8,7 +8,8 @@ callback, and no callback has to ask "am I a tunnel now?".
 The tunnel owns both transports from the switch on. Flow control is
 symmetric: when one side's write buffer passes its high-water mark the other
 side stops reading until it drains. A FIN is passed on (half-close) and the
-tunnel ends when both directions are done or either side is lost. An idle
+tunnel ends when both directions are done or either side is lost; a TLS client
+connection cannot be half-closed, so a FIN from either side of it ends the tunnel. An idle
 timer (websocket.idle_timeout) closes sessions that move no bytes either way.
 """
 
@@ -44,11 +45,14 @@ class TunnelEnd(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         peer = self.peer
-        if peer is None or peer.eof:
+        if peer is None or peer.eof or not peer.transport.can_write_eof():
+            # Both directions are done, or the peer cannot be half-closed (TLS): the end.
             self.tunnel.close(f"{self.name}_closed")
-        elif peer.transport.can_write_eof():
+        else:
             peer.transport.write_eof()
-        return True  # keep the transport open: the other direction may still flow
+        # Keep the transport open: the other direction may still flow. A TLS transport
+        # cannot stay half-open (its close_notify ends both ways; the loop closes it).
+        return self.transport.can_write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.tunnel.close(f"{self.name}_closed")

@@ -249,7 +249,7 @@ def test_silent_server_times_out(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["https://localhost:16980", "http://[::]:16980", "http://0.0.0.0:1", "not a url", "http://"],
+    ["ftp://localhost:16980", "http://[::]:16980", "http://0.0.0.0:1", "not a url", "http://"],
 )
 def test_bad_url_exits_2(capsys: pytest.CaptureFixture[str], url: str) -> None:
     assert probe.main(url, None) == 2

@@ -31,13 +31,14 @@ class FakeTransport:
     """Implements the asyncio.Transport calls the proxy makes, recording each one."""
 
     def __init__(self, peer: tuple[Any, ...], sock: tuple[Any, ...]) -> None:
-        self.extra = {"peername": peer, "sockname": sock}
+        self.extra: dict[str, Any] = {"peername": peer, "sockname": sock}
         self.written = bytearray()
         self.calls: list[str] = []
         self.closed = False
         self.aborted = False
         self.reading = True
         self.eof_written = False
+        self.eof_capable = True  # False: a TLS transport (no half-close)
         self.protocol: asyncio.BaseProtocol | None = None  # set by set_protocol only
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -80,7 +81,7 @@ class FakeTransport:
         self.calls.append("set_write_buffer_limits")
 
     def can_write_eof(self) -> bool:
-        return True
+        return self.eof_capable
 
     def write_eof(self) -> None:
         self.calls.append("write_eof")
@@ -142,7 +143,7 @@ class FakePool:
 
 
 class Rig:
-    def __init__(self, codec: CodecFactory, **server: Any) -> None:
+    def __init__(self, codec: CodecFactory, *, tls: bool = False, **server: Any) -> None:
         config = Config(
             server=ServerConfig(listen=(HostPort("::", 16980),), **server),
             upstream=UpstreamConfig(servers=(SERVER,)),
@@ -160,6 +161,9 @@ class Rig:
         )
         self.proto = ClientConnection(self.shared)
         self.client = FakeTransport(("::ffff:192.0.2.10", 50000, 0, 0), ("::", 16980, 0, 0))
+        if tls:  # what a TLS listener hands over: the transport of a finished handshake
+            self.client.extra["ssl_object"] = object()
+            self.client.eof_capable = False
         self.proto.connection_made(cast(asyncio.Transport, self.client))
 
     def upstream_conn(self) -> tuple[UpstreamConnection, FakeTransport]:
@@ -410,6 +414,40 @@ def test_101_swaps_both_transports_to_the_tunnel(codec: CodecFactory) -> None:
         client_end.connection_lost(None)
         assert rig.shared.connections == set()
         assert rig.observer.closed == ["ipv4"]
+
+    run(scenario)
+
+
+def test_a_tls_client_is_https_and_its_tunnel_ends_at_the_first_fin(codec: CodecFactory) -> None:
+    async def scenario() -> None:
+        rig = Rig(codec, tls=True)
+        conn, up = rig.upstream_conn()
+        rig.pool.idle.append(conn)
+        rig.proto.data_received(UPGRADE)
+        assert b"\r\nX-Forwarded-Proto: https\r\n" in up.take()
+        conn.data_received(SWITCH)
+        client_end, upstream_end = rig.client.protocol, up.protocol
+        assert isinstance(client_end, asyncio.Protocol)
+        assert isinstance(upstream_end, asyncio.Protocol)
+        # A TLS connection cannot be half-closed: the upstream's FIN ends the session
+        # (else the client would wait for a close that never comes).
+        assert upstream_end.eof_received()  # the upstream socket itself stays ours to close
+        assert (rig.client.closed, up.closed, up.eof_written) == (True, True, False)
+        assert rig.observer.tunnels[0].close_reason == "upstream_closed"
+        # The client's close_notify: the loop closes a TLS transport itself.
+        assert client_end.eof_received() is False
+
+    run(scenario)
+
+
+def test_a_cleartext_client_is_http(codec: CodecFactory) -> None:
+    async def scenario() -> None:
+        rig = Rig(codec)
+        conn, up = rig.upstream_conn()
+        rig.pool.idle.append(conn)
+        rig.proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert b"\r\nX-Forwarded-Proto: http\r\n" in up.take()
+        rig.proto.connection_lost(None)
 
     run(scenario)
 

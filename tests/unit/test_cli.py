@@ -19,6 +19,7 @@ import dsproxy
 from dsproxy.cli import build_kind, main
 from dsproxy.config import Config, UpstreamServer
 from dsproxy.net.addr import HostPort
+from tests.tlsutil import TlsFiles, make_tls_files
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config.example.toml"
@@ -32,8 +33,8 @@ class Calls:
     result: int = 0
     args: list[tuple[object, ...]] = field(default_factory=list)
 
-    def record(self, *args: object) -> int:
-        self.args.append(args)
+    def record(self, *args: object, **options: object) -> int:
+        self.args.append(args + ((options,) if options else ()))
         return self.result
 
 
@@ -64,6 +65,9 @@ def probe_calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
     calls = Calls()
     fake_module(monkeypatch, "dsproxy.tools.probe", "main", calls.record)
     return calls
+
+
+PLAIN = {"cacert": None, "insecure": False}  # probe without --cacert / --insecure
 
 
 def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
@@ -427,16 +431,32 @@ def test_demo_bad_listen(
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["probe", "http://gw:80/"], ("http://gw:80/", None, 5.0)),
-        (["probe", "http://gw:80/", "--ws", "/ws"], ("http://gw:80/", "/ws", 5.0)),
-        (["probe", "--timeout", "1.5", "http://[::1]:1"], ("http://[::1]:1", None, 1.5)),
-        (["probe", "--timeout", "500ms", "http://[::1]:1"], ("http://[::1]:1", None, 0.5)),
+        (["probe", "http://gw:80/"], ("http://gw:80/", None, 5.0, PLAIN)),
+        (["probe", "http://gw:80/", "--ws", "/ws"], ("http://gw:80/", "/ws", 5.0, PLAIN)),
+        (["probe", "--timeout", "1.5", "http://[::1]:1"], ("http://[::1]:1", None, 1.5, PLAIN)),
+        (["probe", "--timeout", "500ms", "http://[::1]:1"], ("http://[::1]:1", None, 0.5, PLAIN)),
+        (
+            ["probe", "https://gw/", "--cacert", "ca.pem"],
+            ("https://gw/", None, 5.0, {"cacert": Path("ca.pem"), "insecure": False}),
+        ),
+        (
+            ["probe", "-k", "https://gw/"],
+            ("https://gw/", None, 5.0, {"cacert": None, "insecure": True}),
+        ),
     ],
 )
 def test_probe_dispatch(probe_calls: Calls, argv: list[str], expected: tuple[object, ...]) -> None:
     probe_calls.result = 1
     assert main(argv) == 1
     assert probe_calls.args == [expected]
+
+
+def test_probe_cacert_and_insecure_exclude_each_other(
+    probe_calls: Calls, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["probe", "https://gw/", "-k", "--cacert", "ca.pem"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert probe_calls.args == []
 
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "soon", "inf", "nan", "0s", "5x"])
@@ -451,6 +471,124 @@ def test_probe_bad_timeout(
 def test_probe_needs_a_url(probe_calls: Calls, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["probe"]) == 2
     assert "URL" in capsys.readouterr().err
+
+
+# -- TLS: check prints the certificate, run refuses a pair that does not load -----------------
+
+
+def tls_toml(files: TlsFiles, key: Path | None = None) -> str:
+    return (
+        UPSTREAM_TOML
+        + '[server]\ntls_listen = ["127.0.0.1:16443"]\n'
+        + f'[tls]\ncert = "{files.cert}"\nkey = "{key or files.key}"\n'
+    )
+
+
+def test_check_prints_the_certificate(
+    tmp_path: Path, tls_files: TlsFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, tls_toml(tls_files))
+    assert main(["check", "-c", str(path)]) == 0
+    out, err = capsys.readouterr()
+    first, second = out.splitlines()
+    assert first.startswith(f"{path}: tls.cert: subject ")
+    assert "CN=localhost" in first
+    assert "names DNS:localhost, IP:127.0.0.1, IP:::1; chain of 1; expires 3000-01-01" in first
+    assert second == f"{path}: ok"
+    assert err == ""
+
+
+def test_check_a_key_that_does_not_match_exits_2_naming_tls(
+    tmp_path: Path, tls_files: TlsFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = make_tls_files(tmp_path, prefix="other")
+    path = write(tmp_path, tls_toml(tls_files, key=other.key))
+    assert main(["check", "-c", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"{path}: tls.key: {other.key} does not match the certificate in tls.cert "
+        f"({tls_files.cert})\n"
+    )
+
+
+def test_check_a_missing_certificate_file(
+    tmp_path: Path, tls_files: TlsFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tls_files.cert.unlink()
+    path = write(tmp_path, tls_toml(tls_files))
+    assert main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"{path}: tls.cert: cannot read {tls_files.cert}: No such file or directory\n"
+
+
+def test_check_an_expired_certificate_warns_and_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datetime
+
+    files = make_tls_files(tmp_path, not_after=datetime.datetime(2021, 5, 6, tzinfo=datetime.UTC))
+    path = write(tmp_path, tls_toml(files))
+    assert main(["check", "-c", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "(EXPIRED " in out
+    assert out.endswith(f"{path}: ok\n")
+    assert err == (
+        f"{path}: tls.cert: warning: the certificate in {files.cert} "
+        "expired on 2021-05-06 00:00:00 UTC\n"
+    )
+
+
+def test_check_without_tls_listeners_leaves_the_files_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, UPSTREAM_TOML + '[tls]\ncert = "/nowhere.crt"\nkey = "/nowhere.key"\n')
+    assert main(["check", "-c", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: ok\n"
+
+
+def test_run_tls_flags(tmp_path: Path, tls_files: TlsFiles, run_calls: Calls) -> None:
+    argv = ["run", "--upstream", "http://127.0.0.1:1", "--tls-listen", "[::]:16443"]
+    argv += ["--tls-listen", "127.0.0.1:8443", "--tls-cert", str(tls_files.cert)]
+    argv += ["--tls-key", str(tls_files.key)]
+    assert main(argv) == 0
+    config = ran_with(run_calls)
+    assert config.server.tls_listen == (HostPort("::", 16443), HostPort("127.0.0.1", 8443))
+    assert (config.tls.cert, config.tls.key) == (tls_files.cert, tls_files.key)
+    assert dict(config.overrides)["tls_listen"] == ("[::]:16443", "127.0.0.1:8443")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            [],
+            "dsproxy: tls.cert: is required when server.tls_listen is set (or give --tls-cert",
+        ),
+        (["--tls-cert", "CERT", "--tls-key", "OTHER"], "dsproxy: tls.key: OTHER does not match"),
+        (
+            ["--tls-cert", "/absent.crt", "--tls-key", "KEY"],
+            "dsproxy: tls.cert: cannot read /absent",
+        ),
+    ],
+)
+def test_run_refuses_a_pair_that_does_not_load(
+    tmp_path: Path,
+    tls_files: TlsFiles,
+    run_calls: Calls,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    other = make_tls_files(tmp_path, prefix="other")
+    names = {"CERT": str(tls_files.cert), "KEY": str(tls_files.key), "OTHER": str(other.key)}
+    argv = ["run", "--upstream", "http://127.0.0.1:1", "--tls-listen", "127.0.0.1:0"]
+    assert main(argv + [names.get(arg, arg) for arg in extra]) == 2
+    err = capsys.readouterr().err
+    for placeholder, value in names.items():
+        message = message.replace(placeholder, value)
+    assert err.startswith(message), err
+    assert run_calls.args == []  # refused before anything started
 
 
 # -- the top level -------------------------------------------------------------------------
@@ -490,6 +628,7 @@ def test_run_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in (
         "-c FILE", "--listen ADDR", "--upstream URL", "--admin ADDR|off", "--workers N|auto",
         "--parser auto|h11|httptools", "--access-log combined|json|off", "--log-level LEVEL",
+        "--tls-listen ADDR", "--tls-cert FILE", "--tls-key FILE",
     ):  # fmt: skip
         assert flag in out
 

@@ -566,6 +566,48 @@ def test_admin_must_not_overlap_the_proxy(admin: str, clash: bool) -> None:
         validate(config)
 
 
+def test_tls_listen_needs_a_cert_and_a_key() -> None:
+    config = apply_overrides(RUNNABLE, tls_listen=["[::]:16443"])
+    problems: list[ConfigError] = []
+    validate(config, problems)
+    assert [(p.key, p.message) for p in problems] == [
+        ("tls.cert", "is required when server.tls_listen is set (or give --tls-cert FILE)"),
+        ("tls.key", "is required when server.tls_listen is set (or give --tls-key FILE)"),
+    ]
+    validate(apply_overrides(config, tls_cert="c.pem", tls_key="k.pem"))
+    validate(apply_overrides(RUNNABLE, tls_cert="c.pem"))  # without TLS listeners: unused
+
+
+@pytest.mark.parametrize(
+    ("listen", "tls_listen", "admin", "key", "message"),
+    [
+        (
+            "[::]:443",
+            "[::]:443",
+            "off",
+            "server.tls_listen",
+            "[::]:443 overlaps server.listen [::]:443",
+        ),
+        ("[::]:80", "0.0.0.0:80", "off", "server.tls_listen", "overlaps server.listen [::]:80"),
+        ("[::]:80", "[::]:443", "127.0.0.1:443", "admin.listen", "overlaps server.tls_listen"),
+        ("[::]:80", "[::]:443", "127.0.0.1:9000", None, ""),
+        ("127.0.0.1:443", "[::1]:443", "off", None, ""),  # one address of each family
+    ],
+)
+def test_tls_listen_must_not_overlap(
+    listen: str, tls_listen: str, admin: str, key: str | None, message: str
+) -> None:
+    config = apply_overrides(
+        RUNNABLE, listen=[listen], tls_listen=[tls_listen], admin=admin, tls_cert="c", tls_key="k"
+    )
+    if key is None:
+        validate(config)
+        return
+    with pytest.raises(ConfigError) as info:
+        validate(config)
+    assert (info.value.key, message in info.value.message) == (key, True), info.value
+
+
 def test_httptools_must_be_installed_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     config = apply_overrides(RUNNABLE, parser="httptools")
@@ -623,6 +665,9 @@ OVERRIDES: list[tuple[str, object, str, str, object]] = [
     ("parser", "h11", "server", "parser", "h11"),
     ("access_log", "off", "log", "access", "off"),
     ("log_level", "ERROR", "log", "level", "error"),
+    ("tls_listen", ["[::]:16443"], "server", "tls_listen", (HostPort("::", 16443),)),
+    ("tls_cert", "/etc/tls/tls.crt", "tls", "cert", Path("/etc/tls/tls.crt")),
+    ("tls_key", "tls.key", "tls", "key", Path("tls.key")),
 ]
 
 
@@ -659,6 +704,10 @@ BAD_FLAGS: list[tuple[str, object, str, str]] = [
     ("parser", "fast", "server.parser", "must be one of auto, h11, httptools, got 'fast'"),
     ("access_log", "common", "log.access", "must be one of combined, json, off"),
     ("log_level", "loud", "log.level", "must be one of debug, info, warning, error, critical"),
+    ("tls_listen", ["16443"], "server.tls_listen", "is not of the form"),
+    ("tls_listen", ["::16443"], "server.tls_listen", "must be written in brackets"),
+    ("tls_cert", " ", "tls.cert", "must be a file path"),
+    ("tls_key", "", "tls.key", "must be a file path"),
 ]
 
 
@@ -717,6 +766,24 @@ def test_reload_keeps_command_line_flags(tmp_path: Path) -> None:
     assert reloaded.server.listen[0].port == 8081  # the file's change is taken
     assert reloaded.log.level == "debug"  # the flag still wins
     assert reloaded.upstream.servers[0].port == 9000  # the flag-only upstream survives
+
+
+def test_reload_keeps_the_tls_flags(tmp_path: Path) -> None:
+    from dsproxy.config import reload_config
+
+    path = tmp_path / "c.toml"
+    path.write_text(UPSTREAM_TOML + '[tls]\ncert = "file.crt"\nmin_version = "1.2"\n')
+    started = apply_overrides(
+        load_config(path), tls_listen=["[::]:8443", "127.0.0.1:9443"], tls_key="flag.key"
+    )
+    path.write_text(
+        UPSTREAM_TOML + '[tls]\ncert = "new.crt"\nkey = "file.key"\nmin_version = "1.3"\n'
+    )
+    reloaded = reload_config(started)
+    assert reloaded.server.tls_listen == (HostPort("::", 8443), HostPort("127.0.0.1", 9443))
+    assert reloaded.tls.cert == Path("new.crt")  # the file's change is taken
+    assert reloaded.tls.key == Path("flag.key")  # the flag still wins
+    assert reloaded.tls.min_version == "1.3"
 
 
 # -- every problem at once (dsproxy check) --------------------------------------------------

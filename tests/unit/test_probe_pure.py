@@ -35,6 +35,8 @@ from dsproxy.tools.probe import (
             "http://[::ffff:10.0.0.1]:1/",
             ProbeTarget("::ffff:10.0.0.1", 1, "/", "[::ffff:10.0.0.1]:1"),
         ),
+        ("https://gw.example", ProbeTarget("gw.example", 443, "/", "gw.example", tls=True)),
+        ("HTTPS://[::1]:16443/x", ProbeTarget("::1", 16443, "/x", "[::1]:16443", tls=True)),
     ],
 )
 def test_parse_probe_url(url: str, expected: ProbeTarget) -> None:
@@ -44,8 +46,8 @@ def test_parse_probe_url(url: str, expected: ProbeTarget) -> None:
 @pytest.mark.parametrize(
     ("url", "complaint"),
     [
-        ("https://gw.example", "scheme 'https'"),
-        ("ftp://gw.example", "scheme 'ftp'"),
+        ("ftp://gw.example", "scheme 'ftp'; probe takes http\\[s\\]://"),
+        ("wss://gw.example", "scheme 'wss'"),
         ("//gw.example:80", "no scheme"),
         ("localhost:8080", "scheme 'localhost'"),
         ("http://", "no host"),
@@ -120,6 +122,18 @@ def test_render_table_aligns_columns() -> None:
         "FAMILY  ADDRESS    HTTP                WEBSOCKET                LATENCY",
         "ipv4    127.0.0.1  200                 ok                       0.8 ms",
         "ipv6    ::1        connection refused  not tried (HTTP failed)  -",
+    ]
+
+
+def test_render_table_has_a_tls_column_for_https() -> None:
+    results = [
+        ProbeResult("ipv4", "127.0.0.1", 200, "ok", 0.84, "TLSv1.3 h2"),
+        ProbeResult("ipv6", "::1", "TLS: certificate verify failed", "-", None),
+    ]
+    assert render_table(results).splitlines() == [
+        "FAMILY  ADDRESS    HTTP                            TLS         WEBSOCKET  LATENCY",
+        "ipv4    127.0.0.1  200                             TLSv1.3 h2  ok         0.8 ms",
+        "ipv6    ::1        TLS: certificate verify failed  -           -          -",
     ]
 
 
