@@ -13,10 +13,17 @@ Contenders (each one worker, listening on ``[::]:P`` dual-stack, access log off)
 * D  dsproxy ``--parser h11``
 * E, F  ``bench/bareproxy.py`` with httptools / h11: the floor of a Python uvloop
      proxy (no header rules, timeouts or pool), small GET suite only
+* G  dsproxy, the compiled build (mypyc), ``--parser auto``
+* H  ``bench/h2floor.py``: the floor of a Python uvloop HTTP/2 server (the h2 library
+     answering every request itself, no proxying), TLS suites only
 
 Suites: ``http`` (wrk small GET), ``ws`` (WebSocket round trips), ``stream``
 (1 GB upload and download, MB/s and peak RSS), ``idle`` (idle WebSocket sessions,
-KiB per session), ``workers`` (dsproxy --workers 1 vs 2).
+KiB per session), ``workers`` (dsproxy --workers 1 vs 2); and with TLS, where B, C, D
+and G also listen with TLS (one self-signed certificate per run) and for HTTP/2 with
+prior knowledge: ``h2`` (h2load, many streams per connection, over TLS and h2c),
+``tls`` (full TLS handshakes per second; HTTP/1.1 over TLS against the same process's
+cleartext rate), ``h2idle`` (KiB per idle HTTP/2 connection).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -51,7 +59,9 @@ from bench.chart import write as write_chart  # noqa: E402
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-ALL_SUITES = ("http", "ws", "stream", "idle", "workers")
+ALL_SUITES = ("http", "ws", "stream", "idle", "workers", "h2", "tls", "h2idle")
+TLS_SUITES = ("h2", "tls", "h2idle")
+ALL_CONTENDERS = ("A", "B", "C", "D", "E", "F", "G", "H")
 LABELS = {
     "A": "A nginx seed ('' close)",
     "B": "B nginx tuned (keepalive 64)",
@@ -60,6 +70,7 @@ LABELS = {
     "G": "G dsproxy compiled (mypyc), --parser auto",
     "E": "E bare Python proxy, httptools (floor)",
     "F": "F bare Python proxy, h11 (floor)",
+    "H": "H bare h2 server, h2 library (floor)",
     "direct": "direct to upstream (ceiling)",
     "W1": "dsproxy auto --workers 1",
     "W2": "dsproxy auto --workers 2",
@@ -696,7 +707,7 @@ def machine_info() -> list[str]:
         kb = int(Path("/proc/meminfo").read_text().split()[1])
         mem = f"{kb / 1024 / 1024:.1f} GiB"
     versions = []
-    for mod in ("uvloop", "httptools", "h11"):
+    for mod in ("uvloop", "httptools", "h11", "h2"):
         try:
             m = __import__(mod)
             versions.append(f"{mod} {getattr(m, '__version__', '?')}")
@@ -707,7 +718,9 @@ def machine_info() -> list[str]:
         f"kernel: {platform.release()}; Python {platform.python_version()}; "
         + ", ".join(versions),
         f"{cmd_out(['nginx', '-v']).replace('nginx version: ', '')}; "
-        f"wrk {cmd_out(['wrk', '-v']).split()[1]}",
+        f"wrk {cmd_out(['wrk', '-v']).split()[1]}; "
+        f"h2load {cmd_out(['h2load', '--version']).split()[-1]}; "
+        f"Python's {ssl.OPENSSL_VERSION}",
     ]
 
 
@@ -909,44 +922,64 @@ def suite_stream(b: Bench, rep: Report, down: dict[str, tuple[Proc, int]], down_
     )
 
 
+@dataclass
+class IdleResult:
+    opened: int
+    failed: int
+    alive: str  # still open when the client let go ("?" when it did not say)
+    before_kib: int  # VmRSS of the server's traffic processes before and 2 s after
+    after_kib: int
+
+    @property
+    def per_conn_kib(self) -> float:
+        return (self.after_kib - self.before_kib) / self.opened if self.opened else 0.0
+
+
+def hold_idle(proc: Proc, cmd: Sequence[str]) -> IdleResult:
+    """Runs an idle client (``READY <open> <failed>``, then holds until a line on stdin,
+    then ``DONE <alive>``) and reads the server's RSS before and 2 s after READY."""
+    time.sleep(0.5)
+    before = proc.rss_kib()
+    p = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdin is not None
+    assert p.stdout is not None
+    try:
+        line = read_line(p.stdout, 240)
+        m = re.match(r"READY (\d+) (\d+)", line)
+        if not m:
+            raise RuntimeError(f"{Path(cmd[1]).name} idle: {line!r}")
+        opened, failed = int(m.group(1)), int(m.group(2))
+        time.sleep(2)
+        after = proc.rss_kib()
+        p.stdin.write("\n")
+        p.stdin.flush()
+        done = read_line(p.stdout, 60)
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=30)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    alive = done.split()[1] if done.startswith("DONE") else "?"
+    return IdleResult(opened, failed, alive, before, after)
+
+
 def suite_idle(b: Bench, rep: Report, cont: dict[str, tuple[Proc, int]]) -> None:
     a = b.args
     rows = []
     per_session: list[tuple[str, float]] = []
     for k, (proc, port) in cont.items():
-        time.sleep(0.5)
-        before = proc.rss_kib()
         cmd = [sys.executable, str(BENCH_DIR / "wsload.py"), "idle", "--port", str(port),
                "--sessions", str(a.idle_sessions), "--concurrency", "100", "--hold", "300"]
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-        assert p.stdin is not None
-        assert p.stdout is not None
-        opened = failed = 0
-        try:
-            line = read_line(p.stdout, 240)
-            m = re.match(r"READY (\d+) (\d+)", line)
-            if not m:
-                raise RuntimeError(f"wsload idle: {line!r}")
-            opened, failed = int(m.group(1)), int(m.group(2))
-            time.sleep(2)
-            after = proc.rss_kib()
-            p.stdin.write("\n")
-            p.stdin.flush()
-            done = read_line(p.stdout, 60)
-        finally:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=30)
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        alive = done.split()[1] if done.startswith("DONE") else "?"
-        per = (after - before) / opened if opened else 0.0
-        log(f"idle {k}: {opened} open, {failed} failed, {alive} alive at end, "
-            f"RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB, {per:.1f} KiB/session")
-        rows.append([LABELS[k], str(opened), str(failed), alive, fmt(before / 1024, 1),
-                     fmt(after / 1024, 1), fmt(per, 1)])
-        per_session.append((LABELS[k], per))
+        x = hold_idle(proc, cmd)
+        log(f"idle {k}: {x.opened} open, {x.failed} failed, {x.alive} alive at end, RSS "
+            f"{x.before_kib / 1024:.1f} -> {x.after_kib / 1024:.1f} MiB, "
+            f"{x.per_conn_kib:.1f} KiB/session")
+        rows.append([LABELS[k], str(x.opened), str(x.failed), x.alive,
+                     fmt(x.before_kib / 1024, 1), fmt(x.after_kib / 1024, 1),
+                     fmt(x.per_conn_kib, 1)])
+        per_session.append((LABELS[k], x.per_conn_kib))
     rep.panel("memory per idle WebSocket session, KiB (lower is better)", "KiB", per_session)
     rep.table(
         f"Idle WebSocket sessions ({a.idle_sessions} opened through each proxy)",
@@ -965,10 +998,522 @@ def read_line(stream: IO[str], timeout: float) -> str:
     sel.register(stream, selectors.EVENT_READ)
     try:
         if not sel.select(timeout):
-            raise RuntimeError("timed out waiting for wsload")
+            raise RuntimeError("timed out waiting for the load client")
         return stream.readline().strip()
     finally:
         sel.close()
+
+
+# --------------------------------------------------------------------------- TLS, HTTP/2
+
+TLS_LABELS = {
+    "B": "B nginx tuned, ssl + http2",
+    "C": "C dsproxy --parser auto",
+    "D": "D dsproxy --parser h11",
+    "G": "G dsproxy compiled (mypyc), --parser auto",
+    "H": "H bare h2 server, h2 library (floor)",
+}
+DSPROXY_KEYS = ("C", "D", "G")
+
+
+@dataclass
+class TlsTarget:
+    """A contender of the TLS suites and its listeners (port 0: it has no such listener)."""
+
+    proc: Proc
+    plain: int  # HTTP/1.1, cleartext
+    tls: int  # TLS with ALPN h2 and http/1.1 (the floor: h2 only)
+    h2c: int  # HTTP/2 with prior knowledge, cleartext
+    # why an endpoint is not measured: "https" (HTTP/1.1 over TLS), "tls" (HTTP/2 over TLS),
+    # "h2c" (HTTP/2 with prior knowledge)
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+def make_cert(directory: Path, key_type: str) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost, 127.0.0.1 and ::1, and its key (PEM)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    newkey = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if key_type == "ec"
+              else ["-newkey", "rsa:2048"])
+    cmd = ["openssl", "req", "-x509", *newkey, "-nodes", "-days", "2", "-subj", "/CN=localhost",
+           "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+           "-keyout", str(key), "-out", str(cert)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl req failed: {r.stderr.strip()[-500:]}")
+    key.chmod(0o644)  # read by the nginx master (root) and the Python servers alike
+    return cert, key
+
+
+def nginx_tls_body(upstream_port: int, pool: int, cert: Path, key: Path, plain: int,
+                   tls: int, h2c: int) -> str:
+    """Contender B's proxy config with three listeners: cleartext HTTP/1.1, TLS (ALPN h2 and
+    http/1.1) and h2c with prior knowledge. The ``listen … http2`` parameter, not the
+    ``http2 on`` directive of nginx 1.25.1: Debian 12's nginx 1.22 knows only the former,
+    and later versions still take it (with a deprecation warning)."""
+    location = """    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+    }"""
+
+    def server(port: int, params: str) -> str:
+        listen = f"    listen [::]:{port}{params} ipv6only=off backlog=4096;"
+        return f"  server {{\n{listen}\n{location}\n  }}"
+
+    return f"""  client_max_body_size 0;
+  # h2load -D does not reconnect after nginx's GOAWAY at keepalive_requests (default 1000)
+  keepalive_requests 10000000;
+  upstream up {{ server 127.0.0.1:{upstream_port}; keepalive {pool}; }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ""; }}
+  ssl_certificate {cert};
+  ssl_certificate_key {key};
+  ssl_protocols TLSv1.2 TLSv1.3;
+{server(plain, "")}
+{server(tls, " ssl http2")}
+{server(h2c, " http2")}"""
+
+
+def dsproxy_tls_toml(path: Path, upstream_port: int, pool: int, cert: Path, key: Path,
+                     tls: int) -> Path:
+    path.write_text(f"""[server]
+tls_listen = ["[::]:{tls}"]
+h2c = true
+
+[upstream]
+url = "http://127.0.0.1:{upstream_port}"
+keepalive = {pool}
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+""")
+    return path
+
+
+def h2_check(port: int, tls: bool, timeout: float = 5.0) -> str:
+    """Empty when ``GET /`` over HTTP/2 (TLS with ALPN h2, or prior knowledge) gets a 200
+    on ``port``, else what went wrong."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import ConnectionTerminated, ResponseReceived, StreamEnded, StreamReset
+    from h2.exceptions import ProtocolError
+
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except OSError as exc:
+        return f"port {port}: {exc.strerror or exc}"
+    with contextlib.ExitStack() as stack:
+        stack.callback(raw.close)
+        sock = raw
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["h2", "http/1.1"])
+            try:
+                sock = ctx.wrap_socket(raw, server_hostname="localhost")
+            except (OSError, ssl.SSLError) as exc:
+                return f"TLS handshake on port {port}: {exc}"
+            stack.callback(sock.close)
+            if sock.selected_alpn_protocol() != "h2":
+                return f"ALPN on port {port} chose {sock.selected_alpn_protocol()!r}, not h2"
+        conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        conn.initiate_connection()
+        conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https" if tls else b"http"),
+                              (b":authority", b"localhost"), (b":path", b"/")],
+                          end_stream=True)
+        status = b""
+        try:
+            sock.sendall(conn.data_to_send())
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return f"port {port} closed the connection before a response"
+                for event in conn.receive_data(data):
+                    if isinstance(event, ResponseReceived):
+                        status = dict(event.headers).get(b":status", b"")
+                    elif isinstance(event, StreamEnded):
+                        return "" if status == b"200" else f"status {status.decode()}"
+                    elif isinstance(event, StreamReset | ConnectionTerminated):
+                        return f"port {port}: {event}"
+                out = conn.data_to_send()
+                if out:
+                    sock.sendall(out)
+        except (OSError, ProtocolError) as exc:
+            return f"port {port}: {exc}"
+    return f"port {port}: no response"  # unreachable: the loop returns
+
+
+def https_check(port: int, timeout: float = 5.0) -> str:
+    """Empty when ``GET /`` over HTTP/1.1 over TLS (ALPN http/1.1) gets a 200 on ``port``,
+    else what went wrong."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            head = sock.recv(256)
+    except (OSError, ssl.SSLError) as exc:
+        return f"HTTP/1.1 over TLS on port {port}: {exc}"
+    if not head.startswith(b"HTTP/1.1 200"):
+        return f"HTTP/1.1 over TLS on port {port}: {head[:40]!r}"
+    return ""
+
+
+def start_tls_contender(b: Bench, key: str, upstream_port: int, cert: Path, keyfile: Path,
+                        pool: int) -> TlsTarget:
+    """Starts contender ``key`` with TLS and h2c listeners; checks HTTP/2 on each of them
+    and records the ones that do not answer in ``missing`` (not measured)."""
+    plain, tls, h2c = free_port(), free_port(), free_port()
+    name = f"{key}-tls"
+    if key == "B":
+        body = nginx_tls_body(upstream_port, pool, cert, keyfile, plain, tls, h2c)
+        target = TlsTarget(b.start_nginx(name, body, plain), plain, tls, h2c)
+    elif key == "H":
+        cmd = [sys.executable, str(BENCH_DIR / "h2floor.py"), "--tls-port", str(tls),
+               "--h2c-port", str(h2c), "--cert", str(cert), "--key", str(keyfile)]
+        proc = b.spawn(name, cmd)
+        deadline = time.monotonic() + 30
+        while (why := h2_check(h2c, tls=False, timeout=2)) and time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited ({proc.popen.returncode}):\n"
+                                   f"{proc.log_tail()}")
+            time.sleep(0.1)
+        if why:
+            raise RuntimeError(f"{name} not ready: {why}\n{proc.log_tail()}")
+        target = TlsTarget(proc, 0, tls, h2c)
+    else:
+        parser = "h11" if key == "D" else "auto"
+        conf = dsproxy_tls_toml(b.tmp / f"{name}.toml", upstream_port, pool, cert, keyfile, tls)
+        if key == "G":  # the installed compiled package, run from outside the checkout
+            cmd = [*dsproxy_cmd(plain, upstream_port, parser, 1,
+                                python=b.args.compiled_python), "-c", str(conf)]
+            proc = b.spawn(name, cmd, env=dict(os.environ), cwd=b.tmp)
+        else:
+            cmd = [*dsproxy_cmd(plain, upstream_port, parser, 1), "-c", str(conf)]
+            env = dict(os.environ)
+            env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+            proc = b.spawn(name, cmd, env=env)
+        b.wait_ready(proc, plain)
+        # dsproxy's h2c is on its cleartext listener, beside HTTP/1.1
+        target = TlsTarget(proc, plain, tls, plain)
+    if key == "H":
+        target.missing["https"] = "it speaks HTTP/2 only"
+    elif why := https_check(target.tls):
+        target.missing["https"] = why
+        log(f"{TLS_LABELS[key]}: HTTP/1.1 over TLS not measured: {why}")
+    for endpoint, port in (("tls", target.tls), ("h2c", target.h2c)):
+        if why := h2_check(port, tls=endpoint == "tls"):
+            target.missing[endpoint] = why
+            log(f"{TLS_LABELS[key]}: HTTP/2 over {endpoint} not measured: {why}")
+    return target
+
+
+def start_tls_set(b: Bench, keys: Sequence[str], upstream_port: int, cert: Path,
+                  keyfile: Path, pool: int, notes: list[str]) -> dict[str, TlsTarget]:
+    out: dict[str, TlsTarget] = {}
+    for k in keys:
+        try:
+            out[k] = start_tls_contender(b, k, upstream_port, cert, keyfile, pool)
+        except RuntimeError as exc:
+            notes.append(f"{TLS_LABELS[k]} not started for the TLS suites: "
+                         f"{str(exc).splitlines()[0]}")
+            log(notes[-1])
+            continue
+        t = out[k]
+        log(f"{TLS_LABELS[k]}: http [::]:{t.plain or '-'} tls [::]:{t.tls} h2c [::]:{t.h2c}"
+            f" -> 127.0.0.1:{upstream_port}")
+    return out
+
+
+@dataclass
+class H2Result:
+    rps: float
+    ok: int  # 2xx responses
+    mean_ms: float  # h2load's mean time for a request
+    errors: str
+    cpu_us_per_req: float = 0.0
+
+
+def run_h2load(url: str, duration: float, conns: int, streams: int,
+               proc: Proc | None) -> H2Result:
+    cmd = ["h2load", "-t1", f"-c{conns}", f"-m{streams}", f"-D{max(1, round(duration))}", url]
+    cpu0 = proc.cpu() if proc else 0.0
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
+    except subprocess.TimeoutExpired:
+        return H2Result(0.0, 0, 0.0, "h2load timed out")
+    cpu1 = proc.cpu() if proc else 0.0
+    out = r.stdout
+    fin = re.search(r"finished in \S+, ([\d.]+) req/s", out)
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                    r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    lat = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    if r.returncode != 0 or not (fin and req and codes and lat):
+        return H2Result(0.0, 0, 0.0, f"h2load failed: {(out + r.stderr).strip()[-300:]!r}")
+    ok = int(codes.group(1))
+    errs = []
+    for name, value in (("failed", req.group(5)), ("errored", req.group(6)),
+                        ("timeout", req.group(7))):
+        if int(value):
+            errs.append(f"{name} {value}")
+    not_2xx = sum(int(codes.group(i)) for i in (2, 3, 4))
+    if not_2xx:
+        errs.append(f"non-2xx {not_2xx}")
+    res = H2Result(float(fin.group(1)), ok, parse_ms(lat.group(1)), "; ".join(errs))
+    if proc and ok:
+        res.cpu_us_per_req = (cpu1 - cpu0) / ok * 1e6
+    return res
+
+
+@dataclass
+class HandshakeResult:
+    rate: float  # connections / s, each a full handshake and one request
+    conns: int
+    failed: int
+    resumed: int
+    proxy_us: float  # server CPU µs per connection
+    client_us: float
+    tls: str  # version and cipher the client saw
+
+
+def run_handshakes(port: int, duration: float, conns: int, proc: Proc | None) -> HandshakeResult:
+    cmd = [sys.executable, str(BENCH_DIR / "tlsload.py"), "handshake", "--port", str(port),
+           "--conns", str(conns), "--duration", str(duration)]
+    cpu0 = proc.cpu() if proc else 0.0
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    cpu1 = proc.cpu() if proc else 0.0
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"tlsload handshake failed: {r.stdout}\n{r.stderr[-2000:]}")
+    d = json.loads(lines[-1])
+    n = int(d["connections"])
+    return HandshakeResult(
+        float(d["rate"]), n, int(d["failed"]), int(d["resumed"]),
+        (cpu1 - cpu0) / n * 1e6 if proc and n else 0.0,
+        float(d["cpu_seconds"]) / n * 1e6 if n else 0.0,
+        f"{d.get('version', '?')} {d.get('cipher', '')}".strip())
+
+
+def target_note(kind: str, k: str, value: float, base: float | None, want: float,
+                base_name: str) -> str:
+    if not base:
+        return f"{TLS_LABELS[k]}: {kind}: no {base_name} figure to compare with"
+    r = value / base
+    return (f"{TLS_LABELS[k]}: {kind} {r:.2f}x of {base_name} "
+            f"(target >= {want:g}x: {'met' if r >= want else 'missed'})")
+
+
+def suite_h2(b: Bench, rep: Report, targets: dict[str, TlsTarget]) -> None:
+    a = b.args
+    urls = {"tls": "https://127.0.0.1:{}/", "h2c": "http://127.0.0.1:{}/"}
+    runs = [(k, mode) for k, t in targets.items() for mode in ("tls", "h2c")
+            if mode not in t.missing]
+    for k, mode in runs:  # warm up (pools, caches)
+        t = targets[k]
+        run_h2load(urls[mode].format(getattr(t, mode)), 1, a.h2_conns, a.h2_streams, None)
+    res: dict[tuple[str, str], list[H2Result]] = {run: [] for run in runs}
+    for r in range(a.rounds):
+        for k, mode in runs:
+            t = targets[k]
+            x = run_h2load(urls[mode].format(getattr(t, mode)), a.duration, a.h2_conns,
+                           a.h2_streams, t.proc)
+            res[(k, mode)].append(x)
+            log(f"h2 round {r + 1} {k} {mode}: {x.rps:.0f} req/s mean {x.mean_ms:.2f} ms "
+                f"cpu {x.cpu_us_per_req:.1f} us/req {x.errors}")
+    med = {run: statistics.median(x.rps for x in xs) for run, xs in res.items()}
+    rows = []
+    notes = []
+    for k, t in targets.items():
+        row = [TLS_LABELS[k]]
+        for mode in ("tls", "h2c"):
+            if (k, mode) not in med:
+                row += ["missing", "-", "-", "-", "-"]
+                notes.append(f"{TLS_LABELS[k]}, {mode}: not measured ({t.missing[mode]})")
+                continue
+            xs = res[(k, mode)]
+            v = med[(k, mode)]
+            row += [fmt(v), ratio(v, med.get(("B", mode))), ratio(v, med.get(("H", mode))),
+                    fmt(statistics.median(x.cpu_us_per_req for x in xs), 1),
+                    fmt(statistics.median(x.mean_ms for x in xs), 2)]
+            if k in DSPROXY_KEYS:
+                notes.append(target_note(f"HTTP/2 over {mode}", k, v, med.get(("H", mode)),
+                                         0.8, "the bare h2 floor H"))
+        errs = "; ".join(sorted({x.errors for mode in ("tls", "h2c")
+                                 for x in res.get((k, mode), []) if x.errors})) or "0"
+        rows.append([*row, errs])
+    rep.panel("HTTP/2 over TLS, req/s (higher is better)", "req/s",
+              [(TLS_LABELS[k], v) for (k, mode), v in med.items() if mode == "tls"])
+    rep.panel("HTTP/2 cleartext (h2c), req/s (higher is better)", "req/s",
+              [(TLS_LABELS[k], v) for (k, mode), v in med.items() if mode == "h2c"])
+    rep.table(
+        f"HTTP/2 through the proxy (h2load -t1 -c{a.h2_conns} -m{a.h2_streams} "
+        f"-D{max(1, round(a.duration))}, median of {a.rounds} interleaved rounds)",
+        ["contender", "TLS h2 req/s", "vs B", "vs H", "CPU µs/req", "mean ms",
+         "h2c req/s", "vs B", "vs H", "CPU µs/req", "mean ms", "errors"],
+        rows,
+        [f"{a.h2_conns} connections with up to {a.h2_streams} streams each; TLS: ALPN h2, "
+         "the same certificate for every contender; h2c: HTTP/2 with prior knowledge "
+         "(nginx: a `listen … http2` without ssl; dsproxy: server.h2c = true)",
+         "upstream: nginx `return 200 \"ok\"` over HTTP/1.1 keep-alive, the pools sized for "
+         f"every stream at once (nginx `keepalive {upstream_pool(a)}`, dsproxy "
+         f"upstream.keepalive = {upstream_pool(a)}); H answers itself (no upstream)",
+         "CPU µs/req = (utime+stime of the server's processes) / 2xx responses",
+         *notes],
+    )
+
+
+def suite_tls(b: Bench, rep: Report, targets: dict[str, TlsTarget]) -> None:
+    a = b.args
+    # Handshakes: the floor speaks h2 only and is left out (the client offers http/1.1).
+    hs_keys = [k for k, t in targets.items() if "https" not in t.missing]
+    gone = {k: t.missing["https"] for k, t in targets.items() if k != "H" and "https" in t.missing}
+    for k in hs_keys:
+        run_handshakes(targets[k].tls, 1, a.tls_conns, None)
+    hs: dict[str, list[HandshakeResult]] = {k: [] for k in hs_keys}
+    for r, k in interleave(hs_keys, a.rounds):
+        t = targets[k]
+        x = run_handshakes(t.tls, a.duration, a.tls_conns, t.proc)
+        hs[k].append(x)
+        log(f"tls handshakes round {r + 1} {k}: {x.rate:.0f}/s cpu {x.proxy_us:.0f} us "
+            f"client {x.client_us:.0f} us failed {x.failed} resumed {x.resumed} {x.tls}")
+    rows = [[TLS_LABELS[k], "missing", *["-"] * 7] for k in gone]
+    hmed = {k: statistics.median(x.rate for x in xs) for k, xs in hs.items()}
+    # the client is the limit here (see the notes): 1e6 / server CPU µs is the fair figure
+    server_us = {k: statistics.median(x.proxy_us for x in xs) for k, xs in hs.items()}
+    per_core = {k: 1e6 / us if us else 0.0 for k, us in server_us.items()}
+    for k, xs in hs.items():
+        rows.append([TLS_LABELS[k], fmt(hmed[k]), fmt(server_us[k]), fmt(per_core[k]),
+                     ratio(per_core[k], per_core.get("B")),
+                     fmt(statistics.median(x.client_us for x in xs)),
+                     str(sum(x.resumed for x in xs)), str(sum(x.failed for x in xs)),
+                     xs[-1].tls])
+    rep.panel("full TLS handshakes per second per server core, 1e6 / server CPU µs per "
+              "connection (higher is better)", "conn/s",
+              [(TLS_LABELS[k], v) for k, v in per_core.items()])
+    rep.table(
+        f"TLS handshakes (a new connection per request, {a.tls_conns} at a time, "
+        f"{a.duration:g}s, median of {a.rounds} interleaved rounds)",
+        ["contender", "connections/s", "server CPU µs/conn", "per server core /s", "vs B",
+         "client CPU µs/conn", "resumed", "failed", "TLS"],
+        rows,
+        ["client: bench/tlsload.py handshake: each connection is a TCP connect, a full TLS "
+         "handshake (ALPN http/1.1, no session offered: nothing can be resumed), `GET /` "
+         "with `Connection: close` and the response to EOF; the servers keep their defaults "
+         "(TLS 1.3 session tickets issued); key type "
+         f"{'ECDSA P-256' if a.tls_key_type == 'ec' else 'RSA 2048'}",
+         "the client is one Python process and costs more per connection than the servers "
+         "(it verifies the server's signature; they sign): it, not the server, sets the "
+         "connections/s column, so the comparison is per server core = 1e6 / server CPU "
+         "µs per connection (utime+stime of the server's processes over the run / "
+         "connections), and vs B is on that",
+         *[f"{TLS_LABELS[k]}: not measured ({why})" for k, why in gone.items()]],
+    )
+    # HTTP/1.1 over TLS against the same process's cleartext listener.
+    keys = [k for k, t in targets.items() if t.plain and "https" not in t.missing]
+    runs = [(k, proto) for k in keys for proto in ("https", "http")]
+    port = {"https": lambda t: t.tls, "http": lambda t: t.plain}
+    for k, proto in runs:
+        run_wrk(f"{proto}://127.0.0.1:{port[proto](targets[k])}/", 1, a.conns, 1, None)
+    wres: dict[tuple[str, str], list[WrkResult]] = {run: [] for run in runs}
+    for r in range(a.rounds):
+        for k, proto in runs:
+            t = targets[k]
+            w = run_wrk(f"{proto}://127.0.0.1:{port[proto](t)}/", a.duration, a.conns, 1,
+                        t.proc)
+            wres[(k, proto)].append(w)
+            log(f"tls http/1.1 round {r + 1} {k} {proto}: {w.rps:.0f} req/s "
+                f"p99 {w.p99_ms:.2f} ms cpu {w.cpu_us_per_req:.1f} us/req {w.errors}")
+    wmed = {run: statistics.median(x.rps for x in xs) for run, xs in wres.items()}
+    rows = [[TLS_LABELS[k], "missing", *["-"] * 8] for k in gone]
+    notes = [f"{TLS_LABELS[k]}: not measured ({why})" for k, why in gone.items()]
+    for k in keys:
+        tls_rps, clear = wmed[(k, "https")], wmed[(k, "http")]
+        ws, wc = wres[(k, "https")], wres[(k, "http")]
+        errs = "; ".join(sorted({x.errors for x in ws + wc if x.errors})) or "0"
+        cpu_tls = statistics.median(x.cpu_us_per_req for x in ws)
+        cpu_clear = statistics.median(x.cpu_us_per_req for x in wc)
+        rows.append([TLS_LABELS[k], fmt(tls_rps), fmt(clear), ratio(tls_rps, clear),
+                     ratio(tls_rps, wmed.get(("B", "https"))),
+                     fmt(statistics.median(x.p99_ms for x in ws), 2), fmt(cpu_tls, 1),
+                     fmt(cpu_clear, 1), ratio(cpu_clear, cpu_tls), errs])
+        if k in DSPROXY_KEYS:
+            notes.append(target_note("HTTP/1.1 over TLS", k, tls_rps, clear, 0.8,
+                                     "its own cleartext rate")
+                         + f"; by server CPU per request {ratio(cpu_clear, cpu_tls)}x")
+    rep.panel("HTTP/1.1 over TLS, req/s (higher is better)", "req/s",
+              [(TLS_LABELS[k], wmed[(k, "https")]) for k in keys])
+    rep.table(
+        f"HTTP/1.1 over TLS and cleartext, same process (wrk -t1 -c{a.conns} "
+        f"-d{a.duration:g}s, median of {a.rounds} interleaved rounds)",
+        ["contender", "TLS req/s", "cleartext req/s", "TLS / cleartext", "TLS vs B",
+         "TLS p99 ms", "CPU µs/req TLS", "CPU µs/req cleartext", "TLS / cleartext by CPU",
+         "errors"],
+        rows,
+        ["the TLS and the cleartext listener are one process (dsproxy: server.tls_listen "
+         "beside server.listen, with server.h2c = true; nginx: one server block per listener); wrk "
+         "offers no ALPN, so the TLS connections speak HTTP/1.1; keep-alive, so the "
+         f"handshakes are {a.conns} per run",
+         "TLS / cleartext by CPU = the cleartext CPU µs/req over the TLS one: the rate ratio "
+         "a server alone on its core would show (wrk's own TLS work shares these CPUs)",
+         *notes],
+    )
+
+
+def suite_h2idle(b: Bench, rep: Report, targets: dict[str, TlsTarget]) -> None:
+    a = b.args
+    rows = []
+    per_conn: list[tuple[str, float]] = []
+    base: float | None = None
+    notes = []
+    for k, t in targets.items():
+        if "tls" in t.missing:
+            rows.append([TLS_LABELS[k], "missing", "-", "-", "-", "-", "-"])
+            notes.append(f"{TLS_LABELS[k]}: not measured ({t.missing['tls']})")
+            continue
+        cmd = [sys.executable, str(BENCH_DIR / "tlsload.py"), "h2idle", "--port", str(t.tls),
+               "--conns", str(a.h2_idle_conns), "--concurrency", "100", "--hold", "300"]
+        x = hold_idle(t.proc, cmd)
+        log(f"h2idle {k}: {x.opened} open, {x.failed} failed, {x.alive} alive at end, RSS "
+            f"{x.before_kib / 1024:.1f} -> {x.after_kib / 1024:.1f} MiB, "
+            f"{x.per_conn_kib:.1f} KiB/connection")
+        rows.append([TLS_LABELS[k], str(x.opened), str(x.failed), x.alive,
+                     fmt(x.before_kib / 1024, 1), fmt(x.after_kib / 1024, 1),
+                     fmt(x.per_conn_kib, 1)])
+        per_conn.append((TLS_LABELS[k], x.per_conn_kib))
+        if k == "B":
+            base = x.per_conn_kib
+        elif k in DSPROXY_KEYS:
+            if base is None:
+                notes.append(f"{TLS_LABELS[k]}: no nginx figure to compare with")
+            else:
+                met = x.per_conn_kib <= base
+                notes.append(f"{TLS_LABELS[k]}: {x.per_conn_kib:.1f} KiB against nginx's "
+                             f"{base:.1f} (target <= nginx's: {'met' if met else 'missed'})")
+    rep.panel("memory per idle HTTP/2 connection (TLS), KiB (lower is better)", "KiB",
+              per_conn)
+    rep.table(
+        f"Idle HTTP/2 connections over TLS ({a.h2_idle_conns} opened to each server)",
+        ["contender", "open", "failed", "alive at end", "RSS before MiB", "RSS after MiB",
+         "KiB / connection"],
+        rows,
+        ["client: bench/tlsload.py h2idle: TLS with ALPN h2, the preface and one `GET /` "
+         "answered, then idle; RSS = VmRSS of the server's traffic process(es), 2 s after "
+         "the last connection opened (it includes the upstream connections the pool keeps, "
+         f"at most {upstream_pool(a)})",
+         *notes],
+    )
+
+
+def upstream_pool(a: argparse.Namespace) -> int:
+    """The upstream keep-alive pool of the TLS suites: every h2load stream at once."""
+    return max(64, int(a.h2_conns) * int(a.h2_streams))
+
 
 
 # --------------------------------------------------------------------------- main
@@ -981,12 +1526,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compiled-python", default=os.environ.get("DSPROXY_COMPILED_PYTHON", ""),
                    help="python of a venv with the compiled build (contender G); "
                         "bench/run.sh builds one in bench/.venv-compiled")
-    p.add_argument("--contenders", default="A,B,C,D,E,F,G",
-                   help="comma list of A,B,C,D,E,F (E, F: small GET suite only)")
+    p.add_argument("--contenders", default=",".join(ALL_CONTENDERS),
+                   help="comma list of A,B,C,D,E,F,G,H (E, F: small GET suite only; "
+                        "H: TLS suites only; A and E, F: not in the TLS suites)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
     p.add_argument("--quick", action="store_true",
-                   help="duration 3, 1 round, 256 MiB streams, 1000 idle sessions")
+                   help="duration 3, 1 round, 256 MiB streams, 1000 idle sessions, "
+                        "500 idle HTTP/2 connections")
     p.add_argument("--conns", type=int, default=50, help="wrk connections")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (workers suite)")
     p.add_argument("--ws-conns", type=int, default=50)
@@ -994,19 +1541,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stream-mb", type=int, default=1024, help="MiB per streaming transfer")
     p.add_argument("--stream-rounds", type=int, default=1)
     p.add_argument("--idle-sessions", type=int, default=5000)
+    p.add_argument("--h2-conns", type=int, default=10, help="h2load connections (-c)")
+    p.add_argument("--h2-streams", type=int, default=32,
+                   help="h2load streams at once per connection (-m)")
+    p.add_argument("--tls-conns", type=int, default=16,
+                   help="handshake suite: connections in flight at once")
+    p.add_argument("--h2-idle-conns", type=int, default=2000,
+                   help="idle HTTP/2 connections per server (h2idle suite)")
+    p.add_argument("--tls-key-type", choices=("ec", "rsa"), default="ec",
+                   help="the certificate's key: ECDSA P-256 or RSA 2048")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, confs)")
     p.add_argument("--out", default=str(BENCH_DIR / "results"), help="results directory")
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.rounds = 3.0, 1
-        args.stream_mb, args.idle_sessions = 256, 1000
+        args.stream_mb, args.idle_sessions, args.h2_idle_conns = 256, 1000, 500
     args.suite_list = [s for s in args.suites.split(",") if s]
     bad = set(args.suite_list) - set(ALL_SUITES)
     if bad:
         p.error(f"unknown suites: {sorted(bad)}")
     args.contender_list = [c for c in args.contenders.split(",") if c]
-    if set(args.contender_list) - {"A", "B", "C", "D", "E", "F", "G"}:
-        p.error("contenders are A,B,C,D,E,F,G")
+    if set(args.contender_list) - set(ALL_CONTENDERS):
+        p.error(f"contenders are {','.join(ALL_CONTENDERS)}")
     return args
 
 
@@ -1028,6 +1584,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"missing {tool}: run bench/run.sh (installs it as root) or "
                   "`apt-get install -y nginx wrk`", file=sys.stderr)
             return 2
+    if set(TLS_SUITES) & set(args.suite_list):
+        for tool, package in (("h2load", "nghttp2-client"), ("openssl", "openssl")):
+            if shutil.which(tool) is None:
+                print(f"missing {tool} (suites {','.join(TLS_SUITES)}): run bench/run.sh "
+                      f"or `apt-get install -y {package}`", file=sys.stderr)
+                return 2
     nofile = raise_nofile()
     if "idle" in args.suite_list and nofile < 4 * args.idle_sessions:
         log(f"RLIMIT_NOFILE {nofile} is low for {args.idle_sessions} idle sessions")
@@ -1069,13 +1631,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[str] = []
     try:
         suites = args.suite_list
-        if {"http", "stream", "workers"} & set(suites):
+        if {"http", "stream", "workers", *TLS_SUITES} & set(suites):
             if "stream" in suites:
                 with (b.tmp / "big.bin").open("wb") as f:
                     f.truncate(args.stream_mb * 1024 * 1024)
             _, nup = b.start_upstream_nginx()
             log(f"upstream nginx on 127.0.0.1:{nup}")
-            proxies = [c for c in contenders if c not in "EF"]
+        else:
+            nup = 0
+        if {"http", "stream", "workers"} & set(suites):
+            proxies = [c for c in contenders if c not in "EFH"]
             cont_n = start_set(b, proxies, nup, "nginxup")
             floors = [c for c in contenders if c in "EF"] if "http" in suites else []
             cont_http = {**cont_n, **start_set(b, floors, nup, "nginxup")}
@@ -1084,11 +1649,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_suite(failures, "workers", suites,
                       lambda: suite_workers(b, rep, nup))
         else:
-            cont_n, nup = {}, 0
+            cont_n = {}
+        if set(TLS_SUITES) & set(suites):
+            cert, key = make_cert(b.tmp, args.tls_key_type)
+            tls_keys = [c for c in contenders if c in TLS_LABELS]
+            targets = start_tls_set(b, tls_keys, nup, cert, key, upstream_pool(args), notes)
+            # idle memory first, on processes that have not served any load yet
+            run_suite(failures, "h2idle", suites, lambda: suite_h2idle(b, rep, targets))
+            run_suite(failures, "h2", suites, lambda: suite_h2(b, rep, targets))
+            run_suite(failures, "tls", suites, lambda: suite_tls(b, rep, targets))
+            for t in targets.values():
+                b.stop(t.proc)
         if {"ws", "stream", "idle"} & set(suites):
             rawup, rup = b.start_rawup()
             log(f"raw upstream on 127.0.0.1:{rup}")
-            cont_r = start_set(b, [c for c in contenders if c not in "EF"], rup, "rawup")
+            cont_r = start_set(b, [c for c in contenders if c not in "EFH"], rup, "rawup")
             run_suite(failures, "ws", suites, lambda: suite_ws(b, rep, cont_r, rup, rawup))
             run_suite(failures, "stream", suites,
                       lambda: suite_stream(b, rep, cont_n, nup, cont_r, rup))
