@@ -78,10 +78,15 @@ def route_path(target: bytes) -> bytes:
         scheme_end = path.find(b"://")
         if scheme_end < 0:
             return b"/"  # asterisk-form, authority-form: routed as "/"
-        slash = path.find(b"/", scheme_end + 3)
-        if slash < 0:
-            return b"/"
-        path = path[slash:]
+        start = scheme_end + 3
+        end = len(path)
+        for mark in (b"/", b"?", b"#"):  # the authority ends at the first of these
+            found = path.find(mark, start)
+            if 0 <= found < end:
+                end = found
+        if end == len(path) or path[end] != 0x2F:
+            return b"/"  # no path: "http://gw" or "http://gw?q=/api"
+        path = path[end:]
     cut = path.find(b"?")
     if cut >= 0:
         path = path[:cut]

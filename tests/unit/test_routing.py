@@ -40,6 +40,8 @@ from dsproxy.proxy.router import Route, Router
         (b"*", b"/"),
         (b"http://gw:1/api/x?q", b"/api/x"),
         (b"http://gw:1", b"/"),
+        (b"http://gw:1?next=/api", b"/"),  # a "/" in the query is not the path
+        (b"http://gw:1#/api", b"/"),
         (b"gw:443", b"/"),
     ],
 )
